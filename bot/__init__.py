@@ -1,0 +1,1 @@
+"""ivh-approvals: approve or reject Tencent IVH customization demos from Slack."""

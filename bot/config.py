@@ -1,0 +1,175 @@
+"""Settings: read once from the environment and `.env`, validated before anything starts."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line that names it."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting the bot reads. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    SLACK_BOT_TOKEN: SecretStr | None = None
+    SLACK_SIGNING_SECRET: SecretStr | None = None
+    SLACK_APP_TOKEN: SecretStr | None = None
+    SLACK_API_URL: str = DEFAULT_SLACK_API_URL
+    SLACK_CHANNEL: str | None = None
+
+    IVH_APPKEY: str | None = None
+    IVH_ACCESS_TOKEN: SecretStr | None = None
+    IVH_BASE_URL: str = DEFAULT_IVH_BASE_URL
+    IVH_MAX_QPS: float = Field(default=5.0, gt=0, le=10_000)
+    IVH_TIMEOUT: float = Field(default=10.0, gt=0, le=120)
+
+    POLL_INTERVAL: float = Field(default=30.0, gt=0, le=86_400)
+    REDIS_URL: str | None = None
+    DATA_DIR: str = ".data"
+
+    APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    APPROVER_GROUP: str | None = None
+
+    INTAKE_TOKEN: SecretStr | None = None
+    PORT: int = Field(default=3000, ge=1, le=65_535)
+    HOST: str = "0.0.0.0"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("APPROVERS", mode="before")
+    @classmethod
+    def _approvers(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("APPROVERS")
+    @classmethod
+    def _approver_ids(cls, value: list[str]) -> list[str]:
+        for user in value:
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+                raise ValueError(f"expected Slack user ids such as U012ABCDEF, got {user!r}")
+        return value
+
+    @field_validator("APPROVER_GROUP")
+    @classmethod
+    def _group_id(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"S[A-Z0-9]{2,}", value):
+            raise ValueError(f"expected a Slack user group id such as S012ABCDEF, got {value!r}")
+        return value or None
+
+    @field_validator("IVH_BASE_URL", "SLACK_API_URL")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("SLACK_API_URL")
+    @classmethod
+    def _slack_api_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("SLACK_CHANNEL")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        return value.strip() or None if value else None
+
+    @field_validator("SLACK_BOT_TOKEN")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("expected a bot token starting with xoxb-")
+        return value
+
+    @field_validator("SLACK_APP_TOKEN")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("expected an app-level token starting with xapp-")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if bool(self.IVH_APPKEY) != bool(self.IVH_ACCESS_TOKEN):
+            missing = "IVH_ACCESS_TOKEN" if self.IVH_APPKEY else "IVH_APPKEY"
+            raise ValueError(f"{missing}: required when the other IVH credential is set")
+        if self.SLACK_BOT_TOKEN and not (self.SLACK_APP_TOKEN or self.SLACK_SIGNING_SECRET):
+            raise ValueError(
+                "SLACK_SIGNING_SECRET: required in HTTP mode"
+                " (or set SLACK_APP_TOKEN for Socket Mode)"
+            )
+        if (self.SLACK_APP_TOKEN or self.SLACK_SIGNING_SECRET) and not self.SLACK_BOT_TOKEN:
+            raise ValueError("SLACK_BOT_TOKEN: required when other Slack settings are set")
+        return self
+
+    @property
+    def ivh_configured(self) -> bool:
+        return bool(self.IVH_APPKEY and self.IVH_ACCESS_TOKEN)
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.SLACK_BOT_TOKEN is not None
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.SLACK_APP_TOKEN is not None
+
+
+def describe(error: ValidationError) -> str:
+    """Turn pydantic's report into one line per setting, never echoing a secret's value."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or ""
+        message = item["msg"].removeprefix("Value error, ")
+        if not name and ": " in message:
+            lines.append(message)
+        else:
+            lines.append(f"{name}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or raise SettingsError with one line naming what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(f"configuration error: {describe(error)}") from None

@@ -1,0 +1,337 @@
+"""Tencent IVH customization API: signing, envelopes, response models and the one client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+ACTION_PATH = "/v2/ivh/assetmanager/customservice/"
+GET_PROGRESS = "getprogress"
+CUSTOMER_CONFIRM = "customerconfirm"
+
+CODE_INTERNAL = 100000
+CODE_UNAUTHORIZED = 100005
+CODE_TOO_FREQUENT = 100012
+CODE_NOT_FOUND = 110006
+TRANSIENT_CODES = frozenset({CODE_INTERNAL, CODE_TOO_FREQUENT})
+REASON_MAX = 300
+
+_HINTS = {
+    CODE_UNAUTHORIZED: (
+        "unauthorized: check IVH_APPKEY / IVH_ACCESS_TOKEN, this host's clock, and that"
+        " customization is enabled for the app key in the IVH console"
+    ),
+    CODE_NOT_FOUND: "IVH does not know this task id",
+}
+
+Operate = Literal["AGREE", "REJECT"]
+
+
+def awaiting_confirmation(status: str, stage: str, stage_status: str) -> bool:
+    """The one state in which customerconfirm may be called."""
+    return status == "MAKING" and stage == "CONFIRM" and stage_status == "WAIT_PROCESS"
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def sign(appkey: str, access_token: str, timestamp: int) -> str:
+    """The request signature: Base64 of HMAC-SHA256 over the sorted, unsigned query string."""
+    message = f"appkey={appkey}&timestamp={timestamp}"
+    digest = hmac.new(access_token.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signed_params(appkey: str, access_token: str, timestamp: int) -> dict[str, str]:
+    """Query parameters for one request; httpx URL-encodes the signature's `+`, `/` and `=`."""
+    return {
+        "appkey": appkey,
+        "timestamp": str(timestamp),
+        "signature": sign(appkey, access_token, timestamp),
+    }
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class IvhError(Exception):
+    """Any failed IVH call. `code` is Header.Code, or None when no valid answer came back."""
+
+    def __init__(
+        self,
+        code: int | None,
+        message: str,
+        request_id: str,
+        *,
+        transient: bool,
+        outcome_unknown: bool = False,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.transient = transient
+        self.outcome_unknown = outcome_unknown
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        code = "no code" if self.code is None else f"code {self.code}"
+        return f"IVH {code}: {self.message} (RequestID {self.request_id})"
+
+    @property
+    def not_found(self) -> bool:
+        return self.code == CODE_NOT_FOUND
+
+
+def error_for_code(code: int, message: str, request_id: str) -> IvhError:
+    hint = _HINTS.get(code)
+    text = f"{message} — {hint}" if hint and message else (hint or message or "unknown error")
+    # Negative codes are the gateway's internal errors: as transient as 100000.
+    transient = code in TRANSIENT_CODES or code < 0
+    return IvhError(code, text, request_id, transient=transient)
+
+
+# --- response models -----------------------------------------------------------------------
+
+
+class TrainRound(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    start_time: str = Field(default="", alias="StartTime")
+    record: list[str] = Field(default_factory=list, alias="Record")
+
+
+class ConfirmContent(BaseModel):
+    """StageInfo at CONFIRM: the current demo URLs and every round's record."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    train_result: list[str] = Field(default_factory=list, alias="TrainResult")
+    reject_reason: str = Field(default="", alias="RejectReason")
+    train_record: list[TrainRound] = Field(default_factory=list, alias="TrainRecord")
+
+
+class Progress(BaseModel):
+    """The getprogress payload, with StageInfo parsed from its JSON string."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    status: str = Field(alias="Status", min_length=1)
+    fail_message: str = Field(default="", alias="FailMessage")
+    stage: str = Field(default="", alias="StageV2")
+    stage_status: str = Field(default="", alias="StatusV2")
+    confirm: ConfirmContent | None = Field(default=None, alias="StageInfo")
+    assets: list[dict[str, Any]] = Field(default_factory=list, alias="AssetList")
+
+    @field_validator("fail_message", "stage", "stage_status", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: object) -> object:
+        return "" if value is None else value
+
+    @field_validator("assets", mode="before")
+    @classmethod
+    def _no_assets(cls, value: object) -> object:
+        return [] if value is None else value
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _parse_stage_info(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str):
+            value = json.loads(value)  # a ValueError here makes the response malformed
+        if isinstance(value, dict) and "CustomerConfirmContent" in value:
+            # The docs' example is the bare object; the field table names it
+            # CustomerConfirmContent. Accept both shapes.
+            value = value["CustomerConfirmContent"]
+        return value
+
+    @property
+    def waiting_for_confirmation(self) -> bool:
+        return awaiting_confirmation(self.status, self.stage, self.stage_status)
+
+    @property
+    def demo_urls(self) -> list[str]:
+        return list(self.confirm.train_result) if self.confirm else []
+
+    @property
+    def round(self) -> int:
+        """Which training round the demo belongs to: one TrainRecord entry per round."""
+        if self.confirm is None:
+            return 0
+        return max(len(self.confirm.train_record), 1)
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class Limiter(Protocol):
+    async def acquire(self) -> None: ...
+
+
+class _NoLimit:
+    async def acquire(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped."""
+
+    attempts: int = 4
+    base: float = 0.5
+    cap: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class IvhClient:
+    """One per process: signs, sends the envelope, parses, retries what is safe to retry."""
+
+    def __init__(
+        self,
+        base_url: str,
+        appkey: str,
+        access_token: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        limiter: Limiter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._appkey = appkey
+        self._access_token = access_token
+        self._retry = retry or RetryPolicy()
+        self._limiter: Limiter = limiter or _NoLimit()
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + ACTION_PATH,
+            timeout=timeout,
+            transport=transport,
+            headers={"Content-Type": "application/json;charset=utf-8"},
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> IvhClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def get_progress(self, task_id: str) -> Progress:
+        """Read a task's progress, retrying timeouts, 5xx, garbage and transient codes."""
+        attempt = 0
+        while True:
+            try:
+                payload = await self._call(GET_PROGRESS, {"TaskId": task_id})
+                try:
+                    return Progress.model_validate(payload.body)
+                except (ValidationError, ValueError) as exc:
+                    raise IvhError(
+                        None,
+                        f"malformed getprogress payload: {_short(exc)}",
+                        payload.request_id,
+                        transient=True,
+                    ) from None
+            except IvhError as error:
+                attempt += 1
+                if not error.transient or attempt >= self._retry.attempts:
+                    raise
+                delay = self._retry.delay(attempt)
+                log.warning(
+                    "getprogress %s failed, retry %d in %.2fs: %s", task_id, attempt, delay, error
+                )
+                await asyncio.sleep(delay)
+
+    async def customer_confirm(
+        self, task_id: str, operate: Operate, reason: str | None = None
+    ) -> str:
+        """Send the decision once; returns the RequestID. Never retried here: on an error with
+        `outcome_unknown` the caller re-reads progress to learn whether it took effect."""
+        payload: dict[str, Any] = {"TaskId": task_id, "Operate": operate}
+        if operate == "REJECT":
+            if not reason or not reason.strip() or len(reason) > REASON_MAX:
+                raise ValueError(f"a REJECT needs a reason of 1 to {REASON_MAX} characters")
+            payload["Reason"] = reason
+        answer = await self._call(CUSTOMER_CONFIRM, payload, confirm=True)
+        return answer.request_id
+
+    async def _call(
+        self, action: str, payload: dict[str, Any], *, confirm: bool = False
+    ) -> _Answer:
+        request_id = f"ivh-approvals-{uuid.uuid4().hex}"
+        await self._limiter.acquire()
+        params = signed_params(self._appkey, self._access_token, int(self._clock()))
+        body = {"Header": {"RequestID": request_id}, "Payload": payload}
+        try:
+            response = await self._http.post(action, params=params, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise IvhError(
+                None, f"cannot reach IVH: {_short(exc)}", request_id, transient=True
+            ) from None
+        except httpx.TransportError as exc:
+            # The request may have reached IVH: for a confirmation the outcome is unknown.
+            raise IvhError(
+                None,
+                f"{type(exc).__name__} talking to IVH",
+                request_id,
+                transient=True,
+                outcome_unknown=confirm,
+            ) from None
+        return _parse(response, request_id, confirm=confirm)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: dict[str, Any]
+    request_id: str
+
+
+def _parse(response: httpx.Response, request_id: str, *, confirm: bool) -> _Answer:
+    try:
+        envelope = response.json()
+        header = envelope["Header"]
+        code = int(header.get("Code", 0))
+        message = str(header.get("Message") or "")
+        request_id = str(header.get("RequestID") or request_id)
+        body = envelope.get("Payload") or {}
+        if not isinstance(body, dict):
+            raise TypeError("Payload is not an object")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise IvhError(
+            None,
+            f"HTTP {response.status_code} with a body that is not an IVH envelope",
+            request_id,
+            transient=True,
+            outcome_unknown=confirm,
+        ) from None
+    if code != 0:
+        raise error_for_code(code, message, request_id)
+    return _Answer(body, request_id)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,147 @@
+"""The poller: reads the progress of every tracked task and records what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from bot.events import Snapshot, build_events
+from bot.ivh import IvhClient, IvhError
+from bot.store import Store, TaskState
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 1.0  # longest nap between looks at the schedule when nothing is due
+REDIS_RETRY = 2.0
+
+
+class Poller:
+    """Polls due tasks concurrently; the IVH client's limiter keeps the request rate."""
+
+    def __init__(
+        self,
+        store: Store,
+        ivh: IvhClient,
+        *,
+        interval: float,
+        max_qps: float,
+        lease: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._ivh = ivh
+        self._interval = interval
+        self._lease = lease
+        self._clock = clock
+        # Enough requests in flight to fill the budget at a few seconds of latency, and no
+        # more: claimed tasks beyond that would only sit on their lease.
+        self._concurrency = max(4, min(512, math.ceil(max_qps * 4)))
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self.last_loop: float | None = None
+
+    def wake(self) -> None:
+        """Look at the schedule now (a task was just tracked)."""
+        self._wake.set()
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_loop is not None and time.monotonic() - self.last_loop < 3 * IDLE_WAIT + 5
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.last_loop = time.monotonic()
+                self._wake.clear()
+                try:
+                    await self._start_due()
+                    wait = await self._idle_time()
+                except RedisError as error:
+                    log.warning("poller: Redis unavailable (%s); retrying", error)
+                    self.last_loop = None
+                    wait = REDIS_RETRY
+                await self._nap(wait)
+        finally:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _start_due(self) -> None:
+        free = self._concurrency - len(self._inflight)
+        for task_id in await self._store.claim_due(self._clock(), free, self._lease):
+            task = asyncio.create_task(self.poll(task_id), name=f"poll {task_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _idle_time(self) -> float:
+        if len(self._inflight) >= self._concurrency:
+            return IDLE_WAIT
+        next_due = await self._store.next_due()
+        if next_due is None:
+            return IDLE_WAIT
+        return min(IDLE_WAIT, max(0.0, next_due - self._clock()))
+
+    async def _nap(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def poll(self, task_id: str) -> None:
+        """One poll of one task. Errors stay with this task; the others go on."""
+        try:
+            await self._poll(task_id)
+        except asyncio.CancelledError:
+            raise
+        except RedisError as error:
+            log.warning("poll %s: Redis unavailable (%s); its lease will expire", task_id, error)
+        except Exception:
+            # A bug or an answer nobody foresaw: log it and try again later.
+            log.exception("poll %s: unexpected error; retrying in %.0fs", task_id, self._interval)
+            await self._store.reschedule(task_id, self._clock() + self._interval)
+
+    async def _poll(self, task_id: str) -> None:
+        record = await self._store.get(task_id)
+        if record is None or record.state != TaskState.ACTIVE:
+            return
+        try:
+            progress = await self._ivh.get_progress(task_id)
+        except IvhError as error:
+            now = self._clock()
+            if error.not_found:
+                log.warning("task %s: IVH does not know it (%s); stopped polling", task_id, error)
+                await self._store.mark_unknown(record, str(error), now)
+                return
+            failures = await self._store.record_failure(
+                task_id, str(error), now, now + self._backoff(record.failures + 1)
+            )
+            log.warning("poll %s failed (%d in a row): %s", task_id, failures, error)
+            return
+        now = self._clock()
+        snapshot = Snapshot.of(progress, previous_round=record.round)
+        events = build_events(task_id, record.snapshot, snapshot, now)
+        next_poll = None if snapshot.finished else now + self._interval
+        stored = await self._store.record_progress(
+            record, snapshot, events, now=now, next_poll=next_poll
+        )
+        if not stored:
+            log.info("poll %s: progress changed under us; another poller recorded it", task_id)
+            return
+        for event in events:
+            log.info("task %s: %s (round %d)", task_id, event.type.value, event.round)
+
+    def _backoff(self, failures: int) -> float:
+        """Poll a failing task less often, up to ten intervals (or five minutes) apart."""
+        ceiling = max(10 * self._interval, 300.0)
+        return min(ceiling, self._interval * 2 ** min(failures - 1, 10))

@@ -1,0 +1,111 @@
+"""The HTTP surface: /tasks (intake), /healthz, and Slack's Request URL when in HTTP mode."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+from redis.exceptions import RedisError
+
+from bot.intake import TrackRequest, check_task_id, describe_errors, track_task
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STORE: web.AppKey[Store] = web.AppKey("store")
+INTAKE_TOKEN: web.AppKey[SecretStr | None] = web.AppKey("intake_token")
+HEALTH: web.AppKey[Callable[[], Awaitable[dict[str, bool]]]] = web.AppKey("health")
+ON_TRACK: web.AppKey[Callable[[], None]] = web.AppKey("on_track")
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[INTAKE_TOKEN]
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    )
+
+
+@web.middleware
+async def redis_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RedisError as error:
+        log.warning("%s %s: Redis unavailable: %s", request.method, request.path, error)
+        return _error(503, "temporarily unavailable (storage); try again shortly")
+
+
+async def post_task(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _error(401, "missing or wrong bearer token (INTAKE_TOKEN)")
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, 'body must be JSON: {"task_id": "...", "channel"?, "title"?}')
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object with a task_id")
+    try:
+        track = TrackRequest.model_validate(body)
+    except ValidationError as error:
+        return _error(422, describe_errors(error))
+    record, started = await track_task(request.app[STORE], track, tracked_by="api")
+    if started:
+        request.app[ON_TRACK]()
+    return web.json_response(
+        {"task": record.model_dump(mode="json"), "polling_started": started}, status=202
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _error(401, "missing or wrong bearer token (INTAKE_TOKEN)")
+    task_id = request.match_info["task_id"]
+    try:
+        check_task_id(task_id)
+    except ValueError as error:
+        return _error(422, f"task_id: {error}")
+    store = request.app[STORE]
+    record = await store.get(task_id)
+    if record is None:
+        return _error(404, f"task {task_id} is not tracked")
+    return web.json_response(
+        {"task": record.model_dump(mode="json"), "history": await store.history(task_id)}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    checks = await request.app[HEALTH]()
+    return web.json_response(checks, status=200 if all(checks.values()) else 503)
+
+
+def make_web_app(
+    store: Store,
+    *,
+    intake_token: SecretStr | None,
+    health: Callable[[], Awaitable[dict[str, bool]]],
+    on_track: Callable[[], None] = lambda: None,
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[redis_unavailable])
+    app[STORE] = store
+    app[INTAKE_TOKEN] = intake_token
+    app[HEALTH] = health
+    app[ON_TRACK] = on_track
+    app.router.add_post("/tasks", post_task)
+    app.router.add_get("/tasks/{task_id}", get_task)
+    app.router.add_get("/healthz", healthz)
+    return app

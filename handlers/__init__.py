@@ -1,0 +1,1 @@
+"""Slack listeners: thin functions that ack, check and hand off to `bot/`."""

@@ -1,0 +1,113 @@
+"""POST /tasks and GET /tasks/{id}: the intake a task submitter calls."""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bot.store import Store
+from bot.web import make_web_app
+from tests.conftest import serving
+
+TOKEN = "intake-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def woken() -> list[int]:
+    return []
+
+
+@pytest.fixture
+async def client(store: Store, woken: list[int]) -> AsyncIterator[httpx.AsyncClient]:
+    async def health() -> dict[str, bool]:
+        return {"redis": await store.ping(), "poller": True}
+
+    app = make_web_app(
+        store, intake_token=SecretStr(TOKEN), health=health, on_track=lambda: woken.append(1)
+    )
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        yield http
+
+
+async def test_tracking_a_task_answers_202_with_its_record(client, woken):
+    answer = await client.post(
+        "/tasks", json={"task_id": "1212_29934_w", "channel": "C0123", "title": "Anna"}, headers=AUTH
+    )
+    assert answer.status_code == 202
+    task = answer.json()["task"]
+    assert (task["task_id"], task["channel"], task["title"], task["state"]) == (
+        "1212_29934_w",
+        "C0123",
+        "Anna",
+        "active",
+    )
+    assert woken == [1]
+
+
+async def test_tracking_twice_is_idempotent(client):
+    first = await client.post("/tasks", json={"task_id": "t-1"}, headers=AUTH)
+    second = await client.post("/tasks", json={"task_id": "t-1", "title": "other"}, headers=AUTH)
+    assert second.status_code == 202
+    assert second.json()["task"] == first.json()["task"]
+    assert second.json()["polling_started"] is False
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}],
+)
+async def test_wrong_or_missing_token_is_401(client, headers):
+    answer = await client.post("/tasks", json={"task_id": "t-1"}, headers=headers)
+    assert answer.status_code == 401
+    assert (await client.get("/tasks/t-1", headers=headers)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({}, 422, "task_id: is required"),
+        ({"task_id": ""}, 422, "empty"),
+        ({"task_id": "x" * 129}, 422, "at most 128"),
+        ({"task_id": "bad\x00id"}, 422, "printable"),
+        ({"task_id": "has space"}, 422, "printable"),
+        ({"task_id": 12345}, 422, "task_id"),
+        ({"task_id": "t", "channel": "not a channel!"}, 422, "channel"),
+        ({"task_id": "t", "colour": "red"}, 422, "colour"),
+        (["t"], 400, "JSON object"),
+    ],
+)
+async def test_bad_bodies_get_a_clear_message(client, body, status, says):
+    answer = await client.post("/tasks", json=body, headers=AUTH)
+    assert answer.status_code == status
+    assert says in answer.json()["error"]
+
+
+async def test_a_body_that_is_not_json_is_400(client):
+    answer = await client.post("/tasks", content=b"task_id=1", headers=AUTH)
+    assert answer.status_code == 400
+    assert "JSON" in answer.json()["error"]
+
+
+async def test_an_oversized_body_is_refused(client):
+    answer = await client.post("/tasks", content=b"x" * 200_000, headers=AUTH)
+    assert answer.status_code == 413
+
+
+async def test_a_128_character_id_is_accepted(client):
+    answer = await client.post("/tasks", json={"task_id": "x" * 128}, headers=AUTH)
+    assert answer.status_code == 202
+
+
+async def test_get_task_shows_record_and_history(client):
+    await client.post("/tasks", json={"task_id": "t-1"}, headers=AUTH)
+    answer = await client.get("/tasks/t-1", headers=AUTH)
+    assert answer.status_code == 200
+    assert [entry["kind"] for entry in answer.json()["history"]] == ["tracked"]
+    assert (await client.get("/tasks/nope", headers=AUTH)).status_code == 404
+
+
+async def test_healthz(client):
+    answer = await client.get("/healthz")
+    assert answer.status_code == 200 and answer.json() == {"redis": True, "poller": True}

@@ -1,0 +1,85 @@
+"""Settings: a wrong one stops start-up with one line that names it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bot.config import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_are_the_documented_ones():
+    settings = load_settings()
+    assert settings.IVH_BASE_URL == "https://gw.tvs.qq.com"
+    assert settings.PORT == 3000
+    assert settings.REDIS_URL is None
+    assert not settings.ivh_configured and not settings.slack_configured
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"IVH_MAX_QPS": "fast"}, "IVH_MAX_QPS"),
+        ({"IVH_MAX_QPS": "0"}, "IVH_MAX_QPS"),
+        ({"POLL_INTERVAL": "-1"}, "POLL_INTERVAL"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"IVH_APPKEY": "key"}, "IVH_ACCESS_TOKEN"),
+        ({"IVH_BASE_URL": "gw.tvs.qq.com"}, "IVH_BASE_URL"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_SIGNING_SECRET"),
+        ({"SLACK_BOT_TOKEN": "xoxp-user"}, "SLACK_BOT_TOKEN"),
+        ({"APPROVERS": "U0123ABC,alice"}, "APPROVERS"),
+        ({"APPROVER_GROUP": "admins"}, "APPROVER_GROUP"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ],
+)
+def test_a_wrong_setting_is_named(monkeypatch, env, named):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert named in message
+    assert "\n" not in message
+
+
+def test_secrets_are_never_echoed(monkeypatch):
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "not-a-bot-token-s3cr3t")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "s3cr3t" not in str(caught.value)
+    monkeypatch.setenv("IVH_APPKEY", "k")
+    monkeypatch.setenv("IVH_ACCESS_TOKEN", "t0ps3cr3t")
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
+    assert "t0ps3cr3t" not in repr(load_settings())
+
+
+def test_approvers_are_a_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("APPROVERS", "U0123ABC, W0456DEF")
+    assert load_settings().APPROVERS == ["U0123ABC", "W0456DEF"]
+
+
+def test_run_with_a_wrong_setting_prints_one_line_and_exits(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IVH_", "SLACK_"))}
+    env["IVH_MAX_QPS"] = "lots"
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "IVH_MAX_QPS" in lines[0] and "Traceback" not in result.stderr

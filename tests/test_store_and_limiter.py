@@ -1,0 +1,83 @@
+"""The Redis store and the shared rate limiter, against a private Redis."""
+
+import asyncio
+import time
+
+from bot.events import Snapshot, build_events
+from bot.ratelimit import RedisRateLimiter
+from bot.store import EVENTS_STREAM, Store, TaskState, rate_key
+
+WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
+TRAINING = Snapshot(status="MAKING", stage="TRAIN", stage_status="PROCESSING")
+
+
+async def test_tracking_is_idempotent(store: Store):
+    first, started = await store.track("t-1", channel="C1", title="Anna", tracked_by="U1")
+    again, started_again = await store.track("t-1", channel="C2", title="x", tracked_by="U2")
+    assert started and not started_again
+    assert again == first
+    assert first.channel == "C1" and first.tracked_by == "U1"
+    assert [entry["kind"] for entry in await store.history("t-1")] == ["tracked"]
+
+
+async def test_a_task_is_leased_to_one_poller_until_rescheduled(store: Store):
+    await store.track("t-1", channel=None, title=None, tracked_by="cli", now=100.0)
+    assert await store.claim_due(now=101.0, limit=10, lease=60) == ["t-1"]
+    assert await store.claim_due(now=102.0, limit=10, lease=60) == []
+    assert await store.claim_due(now=161.5, limit=10, lease=60) == ["t-1"]  # lease ran out
+
+
+async def test_concurrent_recordings_of_one_transition_append_one_event(store: Store):
+    await store.track("t-1", channel=None, title=None, tracked_by="cli")
+    record = await store.get("t-1")
+    assert record is not None
+    events = build_events("t-1", None, WAITING, at=1.0)
+    results = await asyncio.gather(
+        *(
+            store.record_progress(record, WAITING, events, now=1.0, next_poll=2.0)
+            for _ in range(10)
+        )
+    )
+    assert sum(results) == 1
+    assert len(await store.events()) == 1
+    assert await store.redis.xlen(EVENTS_STREAM) == 1
+
+
+async def test_a_finished_task_leaves_the_schedule(store: Store):
+    await store.track("t-1", channel=None, title=None, tracked_by="cli", now=1.0)
+    record = await store.get("t-1")
+    assert record is not None
+    done = Snapshot(status="SUCCESS", stage="END", stage_status="SUCCESS")
+    await store.record_progress(record, done, [], now=2.0, next_poll=None)
+    assert (await store.get("t-1")).state == TaskState.FINISHED
+    assert await store.claim_due(now=1e12, limit=10, lease=1) == []
+
+
+async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store):
+    record, _ = await store.track("t-1", channel=None, title=None, tracked_by="U1", now=1.0)
+    await store.mark_unknown(record, "IVH code 110006: record does not exist", now=2.0)
+    again = await store.get("t-1")
+    assert again is not None and again.state == TaskState.UNKNOWN and "110006" in again.error
+    assert await store.claim_due(now=1e12, limit=10, lease=1) == []
+    [(_, event)] = await store.events()
+    assert event.type == "unknown_task"
+    _, started = await store.track("t-1", channel=None, title=None, tracked_by="U1", now=3.0)
+    assert started and (await store.get("t-1")).state == TaskState.ACTIVE
+
+
+async def test_rate_limiter_spaces_requests_across_clients(redis):
+    rate = 40.0
+    limiters = [RedisRateLimiter(redis, rate_key("test"), rate) for _ in range(3)]
+    stamps: list[float] = []
+
+    async def take(limiter: RedisRateLimiter) -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    await asyncio.gather(*(take(limiters[i % 3]) for i in range(41)))
+    stamps.sort()
+    # 41 slots 25 ms apart span at least one second; no one-second window holds more than 41.
+    assert stamps[-1] - stamps[0] >= 40 / rate - 0.02
+    for i, first in enumerate(stamps):
+        in_window = sum(1 for t in stamps[i:] if t - first < 1.0)
+        assert in_window <= rate + 1
