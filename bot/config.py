@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = None
     DATA_DIR: str = ".data"
 
+    VIDEO_MAX_BYTES: int = Field(default=300_000_000, gt=0)
+    VIDEO_TIMEOUT: float = Field(default=120.0, gt=0, le=3600)
+
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from bot.aio import stop_if_cancelled
 from bot.events import Snapshot, build_events
 from bot.ivh import IvhClient, IvhError
 from bot.store import Store, TaskState
@@ -57,6 +58,7 @@ class Poller:
     async def run(self) -> None:
         try:
             while True:
+                stop_if_cancelled()
                 self.last_loop = time.monotonic()
                 self._wake.clear()
                 try:

@@ -9,8 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from bot.events import Event, EventType, Snapshot
+from bot.state import Decision, TaskView, Upload, view_of
 
 PREFIX = "ivh:"
 EVENTS_STREAM = PREFIX + "events"
@@ -28,6 +30,37 @@ def history_key(task_id: str) -> str:
 
 def rate_key(name: str) -> str:
     return f"{PREFIX}rate:{name}"
+
+
+def decisions_key(task_id: str) -> str:
+    return f"{PREFIX}decisions:{task_id}"  # hash: round -> Decision
+
+
+def uploads_key(task_id: str) -> str:
+    return f"{PREFIX}uploads:{task_id}"  # hash: round -> Upload
+
+
+def demos_key(task_id: str) -> str:
+    return f"{PREFIX}demos:{task_id}"  # hash: round -> demo URLs
+
+
+def claim_key(task_id: str, round_: int) -> str:
+    return f"{PREFIX}claim:{task_id}:{round_}"  # who is deciding this round right now
+
+
+def steps_key(entry_id: str) -> str:
+    return f"{PREFIX}steps:{entry_id}"  # which steps of handling one event are done
+
+
+PUBLISHERS = "publishers"  # the consumer group on EVENTS_STREAM
+STEPS_TTL = 7 * 24 * 3600
+
+
+class Claim(BaseModel):
+    user: str
+    operate: str
+    at: float
+    token: str
 
 
 class TaskState(StrEnum):
@@ -50,6 +83,7 @@ class TaskRecord(BaseModel):
     failures: int = 0
     slack_channel: str | None = None
     slack_ts: str | None = None
+    slack_permalink: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
@@ -112,6 +146,14 @@ return 1
 """
 
 
+# Delete a claim only if it still carries our token.
+_RELEASE = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class Store:
     """Tasks, their last seen progress, history, schedule and the events stream."""
 
@@ -120,6 +162,7 @@ class Store:
         self._track = redis.register_script(_TRACK)
         self._claim_due = redis.register_script(_CLAIM_DUE)
         self._record = redis.register_script(_RECORD)
+        self._release = redis.register_script(_RELEASE)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -153,11 +196,114 @@ class Store:
     async def history(self, task_id: str) -> list[dict[str, Any]]:
         return [json.loads(item) for item in await self.redis.lrange(history_key(task_id), 0, -1)]
 
-    async def append_history(self, task_id: str, kind: str, **fields: Any) -> None:
-        await self.redis.rpush(history_key(task_id), _history_entry(kind, time.time(), **fields))
+    async def append_history(
+        self, task_id: str, kind: str, at: float | None = None, **fields: Any
+    ) -> None:
+        entry = _history_entry(kind, time.time() if at is None else at, **fields)
+        await self.redis.rpush(history_key(task_id), entry)
 
-    async def set_slack_message(self, task_id: str, channel: str, ts: str) -> None:
-        await self.redis.hset(task_key(task_id), mapping={"slack_channel": channel, "slack_ts": ts})
+    async def set_slack_message(
+        self, task_id: str, channel: str, ts: str, permalink: str | None = None
+    ) -> None:
+        fields = {"slack_channel": channel, "slack_ts": ts}
+        if permalink:
+            fields["slack_permalink"] = permalink
+        await self.redis.hset(task_key(task_id), mapping=fields)
+
+    async def clear_slack_message(self, task_id: str) -> None:
+        await self.redis.hdel(task_key(task_id), "slack_channel", "slack_ts", "slack_permalink")
+
+    # --- the Slack side: decisions, uploads, demos, claims ------------------------------
+
+    async def view(self, task_id: str) -> tuple[TaskRecord, TaskView] | None:
+        """Read everything a message is built from, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(task_key(task_id))
+            pipe.hgetall(decisions_key(task_id))
+            pipe.hgetall(uploads_key(task_id))
+            pipe.hgetall(demos_key(task_id))
+            raw, decisions, uploads, demos = await pipe.execute()
+        if not raw:
+            return None
+        record = TaskRecord.from_hash(_decode(raw))
+        view = view_of(
+            record,
+            {int(k): Decision.model_validate_json(v) for k, v in _decode(decisions).items()},
+            {int(k): Upload.model_validate_json(v) for k, v in _decode(uploads).items()},
+            {int(k): json.loads(v) for k, v in _decode(demos).items()},
+        )
+        return record, view
+
+    async def save_demos(self, task_id: str, round_: int, urls: list[str]) -> None:
+        await self.redis.hset(demos_key(task_id), str(round_), json.dumps(urls))
+
+    async def save_upload(self, task_id: str, upload: Upload) -> None:
+        await self.redis.hset(uploads_key(task_id), str(upload.round), upload.model_dump_json())
+
+    async def decision(self, task_id: str, round_: int) -> Decision | None:
+        raw = await self.redis.hget(decisions_key(task_id), str(round_))
+        return Decision.model_validate_json(raw) if raw else None
+
+    async def save_decision(self, task_id: str, decision: Decision) -> bool:
+        """Record the decision of a round; the first one recorded stands."""
+        first = await self.redis.hsetnx(
+            decisions_key(task_id), str(decision.round), decision.model_dump_json()
+        )
+        if first:
+            await self.append_history(task_id, "decision", **decision.model_dump())
+        return bool(first)
+
+    async def claim(self, task_id: str, round_: int, claim: Claim, ttl: float) -> Claim | None:
+        """Take the right to decide a round: None when we got it, else the holder's claim."""
+        key = claim_key(task_id, round_)
+        while True:
+            if await self.redis.set(key, claim.model_dump_json(), nx=True, px=int(ttl * 1000)):
+                return None
+            raw = await self.redis.get(key)
+            if raw:  # else it expired between the two calls: try again
+                return Claim.model_validate_json(raw)
+
+    async def release(self, task_id: str, round_: int, token: str) -> None:
+        """Give a claim back, if it is still ours."""
+        await self._release(keys=[claim_key(task_id, round_)], args=[token])
+
+    # --- the publisher's consumer group -------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(EVENTS_STREAM, PUBLISHERS, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def read_group(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, Event]]:
+        answer = await self.redis.xreadgroup(
+            PUBLISHERS, consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
+        )
+        return [(_text(i), _event(f)) for _, entries in answer or [] for i, f in entries]
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[tuple[str, Event]]:
+        """Take over events another publisher read but never acknowledged (it died)."""
+        answer = await self.redis.xautoclaim(
+            EVENTS_STREAM, PUBLISHERS, consumer, min_idle_time=min_idle_ms, count=count
+        )
+        return [(_text(i), _event(f)) for i, f in answer[1] if f]
+
+    async def ack(self, entry_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(EVENTS_STREAM, PUBLISHERS, entry_id)
+            pipe.delete(steps_key(entry_id))
+            await pipe.execute()
+
+    async def step_done(self, entry_id: str, step: str) -> str | None:
+        raw = await self.redis.hget(steps_key(entry_id), step)
+        return None if raw is None else _text(raw)
+
+    async def mark_step(self, entry_id: str, step: str, result: str = "1") -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(steps_key(entry_id), step, result)
+            pipe.expire(steps_key(entry_id), STEPS_TTL)
+            await pipe.execute()
 
     # --- polling -------------------------------------------------------------------------
 

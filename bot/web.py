@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
 
 from bot.intake import TrackRequest, check_task_id, describe_errors, track_task
 from bot.store import Store
@@ -91,6 +93,15 @@ async def get_task(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     checks = await request.app[HEALTH]()
     return web.json_response(checks, status=200 if all(checks.values()) else 503)
+
+
+def add_slack_route(app: web.Application, bolt: AsyncApp) -> None:
+    """Slack's one Request URL (HTTP mode): events, commands and interactivity."""
+
+    async def slack_events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    app.router.add_post("/slack/events", slack_events)
 
 
 def make_web_app(

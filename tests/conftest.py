@@ -19,9 +19,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.store import Store
+from tests.fake_slack import FakeSlack, fake_slack
 
 if TYPE_CHECKING:
     from bot.simulator import RunningSimulator
+    from tests.harness import Bot
 
 
 def free_port() -> int:
@@ -136,7 +138,7 @@ async def sim() -> AsyncIterator[RunningSimulator]:
 @contextlib.asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[str]:
     """Serve an aiohttp app on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -147,10 +149,24 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with fake_slack() as running:
+        yield running
+
+
+@pytest.fixture
+async def bot(sim, fake, redis, redis_server) -> AsyncIterator[Bot]:
+    from tests.harness import run_bot
+
+    async with run_bot(sim, fake, redis_server.url) as running:
+        yield running

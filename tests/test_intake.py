@@ -32,9 +32,8 @@ async def client(store: Store, woken: list[int]) -> AsyncIterator[httpx.AsyncCli
 
 
 async def test_tracking_a_task_answers_202_with_its_record(client, woken):
-    answer = await client.post(
-        "/tasks", json={"task_id": "1212_29934_w", "channel": "C0123", "title": "Anna"}, headers=AUTH
-    )
+    body = {"task_id": "1212_29934_w", "channel": "C0123", "title": "Anna"}
+    answer = await client.post("/tasks", json=body, headers=AUTH)
     assert answer.status_code == 202
     task = answer.json()["task"]
     assert (task["task_id"], task["channel"], task["title"], task["state"]) == (

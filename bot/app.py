@@ -1,0 +1,205 @@
+"""Assembles one bot process from its settings: Redis, IVH, poller, Slack side, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from slack_bolt.async_app import AsyncApp
+
+import handlers
+from bot.approvers import Approvers
+from bot.config import Settings
+from bot.decisions import Decider
+from bot.embedded import start_embedded
+from bot.ivh import IvhClient
+from bot.poller import Poller
+from bot.publisher import Publisher
+from bot.ratelimit import RedisRateLimiter
+from bot.slack import Thread, make_client
+from bot.store import Store, rate_key
+from bot.web import add_slack_route, make_web_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    """Where Redis and IVH are: from the settings, or embedded stand-ins when unset."""
+
+    redis_url: str
+    ivh_base_url: str
+    ivh_appkey: str
+    ivh_access_token: str
+
+
+@contextlib.asynccontextmanager
+async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
+    """Start the embedded Redis and the IVH simulator where the settings leave them unset."""
+    async with contextlib.AsyncExitStack() as stack:
+        redis_url = settings.REDIS_URL
+        if redis_url is None:
+            redis_url, server = await start_embedded(settings.DATA_DIR)
+            if server is not None:
+                stack.callback(server.stop)
+        if settings.ivh_configured:
+            assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
+            yield Upstreams(
+                redis_url,
+                settings.IVH_BASE_URL,
+                settings.IVH_APPKEY,
+                settings.IVH_ACCESS_TOKEN.get_secret_value(),
+            )
+            return
+        from bot.simulator import Simulator, start
+
+        sim = Simulator(audit_seconds=10, train_seconds=30, auto_create=True)
+        running = await start(sim)
+        stack.push_async_callback(running.close)
+        log.warning(
+            "IVH_APPKEY not set: using the built-in IVH simulator at %s (demo tasks only;"
+            " any task id you track is created there)",
+            running.url,
+        )
+        yield Upstreams(redis_url, running.url, sim.appkey, sim.access_token)
+
+
+@dataclass
+class SlackSide:
+    bolt: AsyncApp
+    publisher: Publisher
+    media: httpx.AsyncClient
+
+
+@dataclass
+class Runtime:
+    """The long-lived objects of one process, passed to whatever needs them."""
+
+    settings: Settings
+    redis: Redis
+    store: Store
+    ivh: IvhClient
+    poller: Poller
+    slack: SlackSide | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, up: Upstreams) -> Runtime:
+        redis = Redis.from_url(up.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        store = Store(redis)
+        limiter = RedisRateLimiter(redis, rate_key("ivh"), settings.IVH_MAX_QPS)
+        ivh = IvhClient(
+            up.ivh_base_url,
+            up.ivh_appkey,
+            up.ivh_access_token,
+            timeout=httpx.Timeout(settings.IVH_TIMEOUT, connect=min(5.0, settings.IVH_TIMEOUT)),
+            limiter=limiter,
+        )
+        poller = Poller(store, ivh, interval=settings.POLL_INTERVAL, max_qps=settings.IVH_MAX_QPS)
+        runtime = cls(settings, redis, store, ivh, poller)
+        if settings.SLACK_BOT_TOKEN is not None:
+            runtime.slack = runtime._build_slack(settings.SLACK_BOT_TOKEN.get_secret_value())
+        return runtime
+
+    def _build_slack(self, token: str) -> SlackSide:
+        settings = self.settings
+        client = make_client(token, settings.SLACK_API_URL)
+        thread = Thread(self.store, client, settings.SLACK_CHANNEL)
+        approvers = Approvers(settings.APPROVERS, settings.APPROVER_GROUP, client)
+        if approvers.anyone:
+            log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
+        decider = Decider(self.store, self.ivh, thread, approvers)
+        media = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.VIDEO_TIMEOUT, connect=10.0), follow_redirects=True
+        )
+        publisher = Publisher(self.store, thread, media, video_max_bytes=settings.VIDEO_MAX_BYTES)
+        secret = settings.SLACK_SIGNING_SECRET
+        bolt = AsyncApp(
+            client=client,
+            signing_secret=secret.get_secret_value() if secret else "",
+            request_verification_enabled=not settings.socket_mode,
+        )
+        handlers.register(bolt, store=self.store, decider=decider, on_track=self.poller.wake)
+        return SlackSide(bolt, publisher, media)
+
+    async def health(self) -> dict[str, bool]:
+        try:
+            redis_ok = await asyncio.wait_for(self.store.ping(), timeout=2)
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        checks = {"redis": redis_ok, "poller": self.poller.healthy}
+        if self.slack is not None:
+            checks["publisher"] = self.slack.publisher.running
+        return checks
+
+    def web_app(self) -> web.Application:
+        app = make_web_app(
+            self.store,
+            intake_token=self.settings.INTAKE_TOKEN,
+            health=self.health,
+            on_track=self.poller.wake,
+        )
+        if self.slack is not None and not self.settings.socket_mode:
+            add_slack_route(app, self.slack.bolt)
+        return app
+
+    async def aclose(self) -> None:
+        if self.slack is not None:
+            await self.slack.media.aclose()
+        await self.ivh.aclose()
+        await self.redis.aclose()
+
+
+async def _socket_mode(bolt: AsyncApp, app_token: str) -> contextlib.AsyncExitStack:
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    stack = contextlib.AsyncExitStack()
+    handler = AsyncSocketModeHandler(bolt, app_token)
+    await handler.connect_async()
+    stack.push_async_callback(handler.close_async)
+    log.info("connected to Slack in Socket Mode")
+    return stack
+
+
+def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+        stop.set()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the HTTP server, the poller and the publisher until `stop` is set."""
+    if settings.INTAKE_TOKEN is None:
+        log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
+    if not settings.slack_configured:
+        log.warning("SLACK_BOT_TOKEN not set: running the Tencent side only (no Slack messages)")
+    async with upstreams(settings) as up, contextlib.AsyncExitStack() as stack:
+        runtime = Runtime.build(settings, up)
+        stack.push_async_callback(runtime.aclose)
+        runner = web.AppRunner(runtime.web_app(), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, settings.HOST, settings.PORT).start()
+        log.info("listening on http://%s:%d", settings.HOST, settings.PORT)
+        loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
+        if runtime.slack is not None:
+            loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
+            if settings.SLACK_APP_TOKEN is not None:
+                socket = await _socket_mode(
+                    runtime.slack.bolt, settings.SLACK_APP_TOKEN.get_secret_value()
+                )
+                stack.push_async_callback(socket.aclose)
+        for loop in loops:
+            loop.add_done_callback(lambda task: _stop_if_crashed(task, stop))
+        await stop.wait()
+        log.info("stopping")
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    log.info("stopped")

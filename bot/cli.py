@@ -1,0 +1,192 @@
+"""The `ivh-approvals` command: run, simulate, track, events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.config import Settings, SettingsError, load_settings
+
+log = logging.getLogger("ivh_approvals")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run(settings: Settings) -> None:
+    from bot.app import serve
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await serve(settings, stop)
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from bot.simulator import Simulator, start
+
+    sim = Simulator(
+        args.appkey,
+        args.access_token,
+        audit_seconds=args.audit_seconds,
+        train_seconds=args.train_seconds,
+        deliver_seconds=args.deliver_seconds,
+        latency_ms=args.latency_ms,
+        auto_create=args.auto_create,
+    )
+    for task_id in args.task:
+        sim.create_task(task_id)
+    running = await start(sim, args.host, args.port)
+    print(f"IVH simulator listening on {running.url}", file=sys.stderr)
+    print(
+        f"  use: IVH_BASE_URL={running.url} IVH_APPKEY={args.appkey}"
+        f" IVH_ACCESS_TOKEN={args.access_token}",
+        file=sys.stderr,
+    )
+    print(f"  create a task: curl -XPOST {running.url}/_sim/tasks -d '{{}}'", file=sys.stderr)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await stop.wait()
+    await running.close()
+
+
+async def _redis_for_cli(settings: Settings) -> Redis:
+    from bot.embedded import answers, embedded_url
+
+    url = settings.REDIS_URL or embedded_url(settings.DATA_DIR)
+    if settings.REDIS_URL is None and not await answers(url):
+        raise SettingsError(
+            "REDIS_URL: not set, and no embedded Redis is running under DATA_DIR"
+            f" ({settings.DATA_DIR}); start `ivh-approvals run` first or set REDIS_URL"
+        )
+    return Redis.from_url(url, socket_connect_timeout=5)
+
+
+async def _track(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.intake import TrackRequest, describe_errors, track_task
+    from bot.store import Store
+
+    try:
+        request = TrackRequest(task_id=args.task_id, channel=args.channel, title=args.title)
+    except ValidationError as error:
+        print(f"error: {describe_errors(error)}", file=sys.stderr)
+        return 2
+    redis = await _redis_for_cli(settings)
+    try:
+        record, started = await track_task(Store(redis), request, tracked_by="cli")
+    finally:
+        await redis.aclose()
+    print(json.dumps({"task": record.model_dump(mode="json"), "polling_started": started}))
+    return 0
+
+
+async def _events(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.store import Store
+
+    redis = await _redis_for_cli(settings)
+    store = Store(redis)
+    last = "-"
+    try:
+        while True:
+            start = last if last == "-" else f"({last}"
+            for entry_id, event in await store.events(start=start):
+                last = entry_id
+                print(entry_id, event.model_dump_json(exclude_defaults=True), flush=True)
+            if not args.follow:
+                return 0
+            await store.wait_for_events(after=last if last != "-" else "0-0")
+    finally:
+        await redis.aclose()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivh-approvals",
+        description="Approve or reject Tencent IVH customization demos from Slack.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the bot: HTTP server, poller (settings from the environment)")
+
+    sim = sub.add_parser("simulate", help="run the IVH simulator (a fake Tencent IVH API)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--appkey", default="sim-appkey")
+    sim.add_argument("--access-token", default="sim-access-token")
+    sim.add_argument("--audit-seconds", type=float, default=5)
+    sim.add_argument("--train-seconds", type=float, default=20)
+    sim.add_argument("--deliver-seconds", type=float, default=2)
+    sim.add_argument("--latency-ms", type=float, default=0)
+    sim.add_argument("--task", action="append", default=[], help="create a task with this id")
+    sim.add_argument(
+        "--auto-create", action="store_true", help="create any unknown task id on first query"
+    )
+
+    track = sub.add_parser("track", help="start tracking a task id")
+    track.add_argument("task_id")
+    track.add_argument("--channel", help="Slack channel for this task (else SLACK_CHANNEL)")
+    track.add_argument("--title", help="a human name for the task")
+
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON)")
+    mode = manifest.add_mutually_exclusive_group()
+    mode.add_argument("--socket", action="store_true", help="Socket Mode (the default)")
+    mode.add_argument("--http", metavar="URL", help="HTTP mode: the public .../slack/events URL")
+
+    events = sub.add_parser("events", help="print the events stream")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "manifest":
+        from bot.manifest import manifest
+
+        print(json.dumps(manifest(request_url=args.http), indent=2))
+        return 0
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    _setup_logging(settings.LOG_LEVEL)
+    try:
+        if args.command == "run":
+            asyncio.run(_run(settings))
+        elif args.command == "simulate":
+            asyncio.run(_simulate(args))
+        elif args.command == "track":
+            return asyncio.run(_track(settings, args))
+        elif args.command == "events":
+            return asyncio.run(_events(settings, args))
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except RedisError as error:
+        print(f"error: Redis unavailable: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

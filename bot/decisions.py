@@ -1,0 +1,151 @@
+"""Deciding a round: who may, one decision per round, the call to Tencent, the truth after."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from bot import messages
+from bot.approvers import Approvers
+from bot.ivh import REASON_MAX, IvhClient, IvhError
+from bot.slack import Thread
+from bot.state import Decision, Phase
+from bot.store import Claim, Store
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL = 120.0  # longer than a confirmation call can take; a dead claimer's claim expires
+Notify = Callable[[str], Awaitable[None]]
+Operate = Literal["AGREE", "REJECT"]
+
+
+def clean_reason(text: str) -> str:
+    """The reason as sent to Tencent: control characters out, white space trimmed."""
+    kept = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
+    return kept.strip()
+
+
+def reason_problem(text: str) -> str | None:
+    """Why a reason cannot be sent, in words for the modal; None when it can."""
+    reason = clean_reason(text)
+    if not reason:
+        return "Please say why the demo is rejected."
+    if len(reason) > REASON_MAX:
+        return f"At most {REASON_MAX} characters, please ({len(reason)} now)."
+    return None
+
+
+class Decider:
+    def __init__(self, store: Store, ivh: IvhClient, thread: Thread, approvers: Approvers) -> None:
+        self._store = store
+        self._ivh = ivh
+        self._thread = thread
+        self._approvers = approvers
+
+    async def refusal(self, task_id: str, round_: int, user: str) -> str | None:
+        """Why `user` cannot decide this round now, or None. Button values are untrusted."""
+        loaded = await self._store.view(task_id)
+        if loaded is None:
+            return "I don't track this task (any more)."
+        _, view = loaded
+        if round_ != view.round:
+            return f"This button belongs to round {round_}; round {view.round} is current."
+        decision = view.current_decision
+        if decision is not None:
+            return f"This round is closed: {messages.fallback_text(view)}."
+        if view.phase != Phase.PENDING:
+            return "This task is not waiting for a decision."
+        if not await self._approvers.allows(user):
+            return f"Only approvers can decide ({self._approvers.describe()})."
+        return None
+
+    async def decide(
+        self,
+        task_id: str,
+        round_: int,
+        user: str,
+        operate: Operate,
+        notify: Notify,
+        reason: str = "",
+    ) -> None:
+        """Claim the round, send the decision once, and show the outcome (or why not)."""
+        refusal = await self.refusal(task_id, round_, user)
+        if refusal:
+            await notify(refusal)
+            return
+        claim = Claim(user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex)
+        holder = await self._store.claim(task_id, round_, claim, CLAIM_TTL)
+        if holder is not None:
+            verb = "approved" if holder.operate == "AGREE" else "rejected"
+            await notify(f"Already being {verb} by {messages.who(holder.user)}.")
+            return
+        try:
+            await self._send(task_id, round_, claim, notify, reason)
+        finally:
+            # A recorded decision closes the round for good; the claim only guards the call.
+            await self._store.release(task_id, round_, claim.token)
+
+    async def _send(
+        self, task_id: str, round_: int, claim: Claim, notify: Notify, reason: str
+    ) -> None:
+        operate: Operate = "AGREE" if claim.operate == "AGREE" else "REJECT"
+        try:
+            request_id = await self._ivh.customer_confirm(task_id, operate, reason or None)
+        except IvhError as error:
+            await self._after_error(task_id, round_, claim, notify, reason, error)
+            return
+        log.info(
+            "task %s round %d: %s by %s (%s)", task_id, round_, operate, claim.user, request_id
+        )
+        await self._record(task_id, round_, claim, reason, request_id)
+
+    async def _record(
+        self, task_id: str, round_: int, claim: Claim, reason: str, request_id: str
+    ) -> None:
+        decision = Decision(
+            round=round_,
+            operate="AGREE" if claim.operate == "AGREE" else "REJECT",
+            user=claim.user,
+            at=time.time(),
+            reason=reason,
+            request_id=request_id,
+        )
+        if await self._store.save_decision(task_id, decision):
+            record = await self._store.get(task_id)
+            await self._thread.refresh(task_id)
+            if record is not None:
+                await self._thread.reply(record, messages.decision_reply(decision))
+
+    async def _after_error(
+        self,
+        task_id: str,
+        round_: int,
+        claim: Claim,
+        notify: Notify,
+        reason: str,
+        error: IvhError,
+    ) -> None:
+        """Whatever went wrong, learn the task's real state before saying anything."""
+        log.warning("task %s round %d: %s failed: %s", task_id, round_, claim.operate, error)
+        try:
+            progress = await self._ivh.get_progress(task_id)
+            still_waiting = progress.waiting_for_confirmation and progress.round <= round_
+        except IvhError as reread:
+            log.warning("task %s: cannot re-read progress: %s", task_id, reread)
+            still_waiting = not error.outcome_unknown
+        if not still_waiting and error.outcome_unknown:
+            # Our call reached Tencent after all: the round moved on because of it.
+            await self._record(task_id, round_, claim, reason, error.request_id)
+            return
+        if not still_waiting:
+            await notify("This round was already decided outside Slack.")
+            return
+        action = "approval" if claim.operate == "AGREE" else "rejection"
+        text = messages.error_text(claim.user, action, error.code, error.message, error.request_id)
+        await notify(text)
+        record = await self._store.get(task_id)
+        if record is not None:
+            await self._thread.reply(record, {"text": text})

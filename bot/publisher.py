@@ -1,0 +1,202 @@
+"""The publisher: turns the poller's events into Slack messages, threads and videos."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+import httpx
+from redis.exceptions import RedisError
+from slack_sdk.errors import SlackApiError
+
+from bot import messages
+from bot.aio import stop_if_cancelled
+from bot.events import Event, EventType
+from bot.slack import Thread, slack_error
+from bot.state import Decision, Upload
+from bot.store import Store
+from bot.video import VideoError, copy_to_thread
+
+log = logging.getLogger(__name__)
+
+RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead publisher
+BLOCK_MS = 2_000
+# Slack errors that no retry will fix: the event is dropped with an error in the log.
+FATAL_SLACK_ERRORS = frozenset(
+    {"channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive"}
+)
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Publisher:
+    """Reads the events stream in a consumer group; each event is handled once, in steps."""
+
+    def __init__(
+        self,
+        store: Store,
+        thread: Thread,
+        media: httpx.AsyncClient,
+        *,
+        video_max_bytes: int,
+        consumer: str | None = None,
+    ) -> None:
+        self._store = store
+        self._thread = thread
+        self._media = media
+        self._video_max_bytes = video_max_bytes
+        self._consumer = consumer or consumer_name()
+        self.running = False
+
+    async def run(self) -> None:
+        await self._store.ensure_group()
+        self.running = True
+        while True:
+            stop_if_cancelled()
+            try:
+                batch = await self._store.reclaim(self._consumer, RECLAIM_IDLE_MS, 10)
+                batch += await self._store.read_group(self._consumer, 10, BLOCK_MS)
+            except RedisError as error:
+                log.warning("publisher: Redis unavailable (%s); retrying", error)
+                self.running = False
+                await asyncio.sleep(2)
+                continue
+            self.running = True
+            for entry_id, event in batch:
+                try:
+                    await self.process(entry_id, event)
+                except RedisError as error:
+                    log.warning("event %s: Redis unavailable (%s); will retry", entry_id, error)
+
+    async def process(self, entry_id: str, event: Event) -> None:
+        """Handle one event; acknowledge it when done or when retrying cannot help."""
+        try:
+            await self.handle(entry_id, event)
+        except SlackApiError as error:
+            code = slack_error(error)
+            if code not in FATAL_SLACK_ERRORS:
+                log.warning("event %s (%s): Slack %s; will retry", entry_id, event.task_id, code)
+                return  # unacknowledged: reclaimed and retried after RECLAIM_IDLE_MS
+            log.error(
+                "event %s for task %s dropped: Slack answered %s", entry_id, event.task_id, code
+            )
+        except RedisError:
+            raise
+        except Exception:
+            log.exception("event %s for task %s failed; will retry", entry_id, event.task_id)
+            return
+        await self._store.ack(entry_id)
+
+    async def handle(self, entry_id: str, event: Event) -> None:
+        match event.type:
+            case EventType.AWAITING_CONFIRMATION | EventType.ROUND_CHANGED:
+                await self._awaiting(entry_id, event)
+            case EventType.LEFT_CONFIRMATION:
+                await self._left(entry_id, event)
+            case EventType.SUCCEEDED | EventType.FAILED:
+                await self._ended(entry_id, event)
+            case EventType.UNKNOWN_TASK:
+                await self._unknown(entry_id, event)
+
+    async def _step(self, entry_id: str, step: str) -> bool:
+        """True when `step` of this event still has to be done."""
+        return await self._store.step_done(entry_id, step) is None
+
+    async def _awaiting(self, entry_id: str, event: Event) -> None:
+        await self._store.save_demos(event.task_id, event.round, event.demo_urls)
+        record = await self._store.get(event.task_id)
+        if record is None:
+            return
+        if record.slack_ts is None:
+            record = await self._thread.ensure_parent(event.task_id)
+            if record is None:
+                return
+        else:
+            await self._thread.refresh(event.task_id)
+        if event.round > 1 and await self._step(entry_id, "round"):
+            loaded = await self._store.view(event.task_id)
+            assert loaded is not None
+            await self._thread.reply(record, messages.round_reply(loaded[1]), broadcast=True)
+            await self._store.mark_step(entry_id, "round")
+        if await self._step(entry_id, "upload"):
+            await self._copy_videos(entry_id, event)
+            await self._store.mark_step(entry_id, "upload")
+            await self._thread.refresh(event.task_id)
+
+    async def _copy_videos(self, entry_id: str, event: Event) -> None:
+        task_id = event.task_id
+        loaded = await self._store.view(task_id)
+        assert loaded is not None
+        record, view = loaded
+        assert record.slack_channel and record.slack_ts
+        total, copied = len(event.demo_urls), 0
+        error = "" if total else "Tencent gave no demo link"
+        for index, url in enumerate(event.demo_urls, 1):
+            step = f"video:{index}"
+            if not await self._step(entry_id, step):
+                copied += 1
+                continue
+            try:
+                await copy_to_thread(
+                    self._thread.client,
+                    self._media,
+                    url,
+                    max_bytes=self._video_max_bytes,
+                    filename=f"{task_id}-round{event.round}-{index}.mp4",
+                    channel=record.slack_channel,
+                    thread_ts=record.slack_ts,
+                    comment=messages.upload_comment(view, index, total),
+                )
+            except VideoError as failure:
+                log.warning("task %s round %d: video %d: %s", task_id, event.round, index, failure)
+                error = str(failure)
+                continue
+            await self._store.mark_step(entry_id, step)
+            copied += 1
+        upload = Upload(round=event.round, ok=0 < copied == total, files=copied, error=error)
+        await self._store.save_upload(task_id, upload)
+        if not upload.ok:
+            await self._thread.reply(record, messages.upload_failed_reply(event.round, error))
+
+    async def _left(self, entry_id: str, event: Event) -> None:
+        if await self._store.decision(event.task_id, event.round) is not None:
+            await self._thread.refresh(event.task_id)
+            return
+        decision = Decision(round=event.round, operate=None, at=event.at, source="elsewhere")
+        if await self._store.save_decision(event.task_id, decision):
+            record = await self._store.get(event.task_id)
+            if record is not None and await self._step(entry_id, "reply"):
+                await self._thread.reply(record, messages.decision_reply(decision))
+                await self._store.mark_step(entry_id, "reply")
+        await self._thread.refresh(event.task_id)
+
+    async def _ended(self, entry_id: str, event: Event) -> None:
+        record = await self._store.get(event.task_id)
+        if record is None:
+            return
+        if record.slack_ts is None:
+            record = await self._thread.ensure_parent(event.task_id)
+            if record is None:
+                return
+        else:
+            await self._thread.refresh(event.task_id)
+        loaded = await self._store.view(event.task_id)
+        if loaded is not None and await self._step(entry_id, "reply"):
+            await self._thread.reply(record, messages.ending_reply(loaded[1]), broadcast=False)
+            await self._store.mark_step(entry_id, "reply")
+
+    async def _unknown(self, entry_id: str, event: Event) -> None:
+        record = await self._store.get(event.task_id)
+        if record is None:
+            return
+        channel = self._thread.channel_for(record)
+        if channel is None or not await self._step(entry_id, "notice"):
+            return
+        notice = messages.unknown_task_notice(record.task_id, record.tracked_by, event.message)
+        await self._thread.client.chat_postMessage(channel=channel, **notice)
+        await self._store.mark_step(entry_id, "notice")

@@ -1,0 +1,108 @@
+"""Slack Web API I/O: the one AsyncWebClient, and posting, rebuilding and replying to a task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages
+from bot.store import Store, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+def make_client(token: str, base_url: str, timeout: int = 30) -> AsyncWebClient:
+    """Every Slack call goes through this client: it waits out 429s and retries 5xx."""
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        timeout=timeout,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=10),
+            AsyncServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def slack_error(error: SlackApiError) -> str:
+    return str(error.response.get("error", "unknown_error"))
+
+
+class Thread:
+    """A task's parent message and its thread: post it, rebuild it, reply to it."""
+
+    def __init__(self, store: Store, client: AsyncWebClient, default_channel: str | None) -> None:
+        self.store = store
+        self.client = client
+        self.default_channel = default_channel
+
+    def channel_for(self, record: TaskRecord) -> str | None:
+        return record.channel or self.default_channel
+
+    async def ensure_parent(self, task_id: str) -> TaskRecord | None:
+        """Post the parent message if there is none yet; returns the record with its ts."""
+        loaded = await self.store.view(task_id)
+        if loaded is None:
+            return None
+        record, view = loaded
+        if record.slack_ts:
+            return record
+        channel = self.channel_for(record)
+        if channel is None:
+            log.error("task %s: no channel (set SLACK_CHANNEL or track with a channel)", task_id)
+            return None
+        answer = await self.client.chat_postMessage(
+            channel=channel, unfurl_links=False, unfurl_media=False, **messages.task_message(view)
+        )
+        posted_channel, ts = str(answer["channel"]), str(answer["ts"])
+        permalink = None
+        try:
+            link = await self.client.chat_getPermalink(channel=posted_channel, message_ts=ts)
+            permalink = str(link["permalink"])
+        except SlackApiError as error:
+            log.warning("task %s: no permalink: %s", task_id, slack_error(error))
+        await self.store.set_slack_message(task_id, posted_channel, ts, permalink)
+        log.info("task %s: posted to %s at %s", task_id, posted_channel, ts)
+        return await self.store.get(task_id)
+
+    async def refresh(self, task_id: str) -> None:
+        """Rebuild the parent message from the task's current state."""
+        loaded = await self.store.view(task_id)
+        if loaded is None:
+            return
+        record, view = loaded
+        if not (record.slack_channel and record.slack_ts):
+            return
+        try:
+            await self.client.chat_update(
+                channel=record.slack_channel, ts=record.slack_ts, **messages.task_message(view)
+            )
+        except SlackApiError as error:
+            if slack_error(error) != "message_not_found":
+                raise
+            log.warning("task %s: its message was deleted; posting it again", task_id)
+            await self.store.clear_slack_message(task_id)
+            await self.ensure_parent(task_id)
+
+    async def reply(
+        self, record: TaskRecord, payload: dict[str, Any], *, broadcast: bool = False
+    ) -> None:
+        if not (record.slack_channel and record.slack_ts):
+            return
+        await self.client.chat_postMessage(
+            channel=record.slack_channel,
+            thread_ts=record.slack_ts,
+            reply_broadcast=broadcast,
+            unfurl_links=False,
+            unfurl_media=False,
+            **payload,
+        )

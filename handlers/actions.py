@@ -1,0 +1,85 @@
+"""Button clicks: Approve (with its confirm dialog), Reject (opens the reason modal), links."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages
+from bot.decisions import Decider
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+QUICK_CHECK = 1.0  # seconds the Reject click may spend checking before the modal must open
+
+
+def ephemeral(respond: AsyncRespond) -> Any:
+    async def notify(text: str) -> None:
+        await respond(text=text, response_type="ephemeral", replace_original=False)
+
+    return notify
+
+
+def _button(action: dict[str, Any]) -> tuple[str, int] | None:
+    try:
+        return messages.parse_button_value(str(action.get("value", "")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
+    @app.action(messages.APPROVE)
+    async def approve(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        await ack()
+        target = _button(action)
+        if target is None:
+            await ephemeral(respond)("That button is not valid any more.")
+            return
+        task_id, round_ = target
+        await decider.decide(task_id, round_, body["user"]["id"], "AGREE", ephemeral(respond))
+
+    @app.action(messages.REJECT)
+    async def reject(
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: AsyncRespond,
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        target = _button(action)
+        if target is None:
+            await ephemeral(respond)("That button is not valid any more.")
+            return
+        task_id, round_ = target
+        user = body["user"]["id"]
+        try:
+            refusal = await asyncio.wait_for(
+                decider.refusal(task_id, round_, user), timeout=QUICK_CHECK
+            )
+        except TimeoutError:
+            refusal = None  # the modal's submission checks again
+        if refusal:
+            await ephemeral(respond)(refusal)
+            return
+        record = await store.get(task_id)
+        title = record.title if record else None
+        try:
+            await client.views_open(
+                trigger_id=body["trigger_id"], view=messages.reject_modal(task_id, round_, title)
+            )
+        except SlackApiError as error:
+            log.warning("reject modal for %s not opened: %s", task_id, error.response.get("error"))
+            await ephemeral(respond)("Slack did not open the form in time; click Reject again.")
+
+    @app.action(messages.WATCH)
+    async def watch(ack: AsyncAck) -> None:
+        await ack()  # a link button still sends a request that must be acknowledged

@@ -1,0 +1,68 @@
+"""The `/ivh` slash command: track, status, help. Answers are ephemeral and immediate."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot import messages
+from bot.intake import TrackRequest, describe_errors, track_task
+from bot.store import Store
+
+# With should_escape on, Slack sends a channel as <#C0123|name>; typed by hand it is #name.
+_CHANNEL = re.compile(r"<#(?P<id>[A-Z0-9]+)(?:\|[^>]*)?>|#(?P<name>[A-Za-z0-9_.-]+)")
+
+
+def parse_track(args: list[str], here: str) -> tuple[str, str, str | None]:
+    """`<TaskId> [#channel] [title...]` → (task id, channel, title)."""
+    task_id, rest = args[0], args[1:]
+    channel = here
+    if rest and (found := _CHANNEL.fullmatch(rest[0])):
+        channel = found["id"] or f"#{found['name']}"
+        rest = rest[1:]
+    return task_id, channel, " ".join(rest) or None
+
+
+def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> None:
+    @app.command("/ivh")
+    async def ivh(ack: AsyncAck, command: dict[str, Any]) -> None:
+        words = str(command.get("text", "")).split()
+        verb = words[0].lower() if words else "help"
+        if verb == "track" and len(words) >= 2:
+            await ack(text=await _track(store, on_track, words[1:], command))
+        elif verb == "status" and len(words) == 2:
+            await ack(text=await _status(store, words[1]))
+        else:
+            await ack(text=messages.help_text())
+
+
+async def _track(
+    store: Store, on_track: Callable[[], None], args: list[str], command: dict[str, Any]
+) -> str:
+    task_id, channel, title = parse_track(args, str(command.get("channel_id", "")))
+    try:
+        request = TrackRequest(task_id=task_id, channel=channel, title=title)
+    except ValidationError as error:
+        return f"Not tracked: {describe_errors(error)}"
+    record, started = await track_task(store, request, tracked_by=str(command["user_id"]))
+    if started:
+        on_track()
+        where = record.channel or channel
+        shown = f"<#{where}>" if not where.startswith("#") else where
+        return f"Tracking `{messages.escape(task_id)}`; its demo will be posted in {shown}."
+    return f"`{messages.escape(task_id)}` is already tracked (state: {record.state.value})."
+
+
+async def _status(store: Store, task_id: str) -> str:
+    loaded = await store.view(task_id)
+    if loaded is None:
+        return f"`{messages.escape(task_id)}` is not tracked. Try `/ivh track {task_id}`."
+    record, view = loaded
+    if record.error:
+        warning = messages.escape(record.error)
+        return messages.status_text(view, record.slack_permalink) + f"\n⚠️ {warning}"
+    return messages.status_text(view, record.slack_permalink)

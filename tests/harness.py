@@ -1,0 +1,199 @@
+"""A whole bot on loopback: IVH simulator, fake Slack, private Redis, the real HTTP app.
+
+Requests to /slack/events are signed the way Slack signs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bot.app import Runtime, Upstreams
+from bot.config import Settings
+from bot.simulator import RunningSimulator
+from bot.store import Store, TaskRecord
+from tests.conftest import serving, wait_for
+from tests.fake_slack import FakeSlack
+
+SIGNING_SECRET = "test-signing-secret"
+INTAKE = "intake-token"
+CHANNEL = "C0DEMO"
+
+
+def slack_headers(body: str, *, secret: str = SIGNING_SECRET, at: float | None = None) -> dict:
+    stamp = str(int(time.time() if at is None else at))
+    base = f"v0:{stamp}:{body}".encode()
+    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "SLACK_BOT_TOKEN": "xoxb-test-token",
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": fake.api_url,
+        "SLACK_CHANNEL": CHANNEL,
+        "IVH_APPKEY": sim.sim.appkey,
+        "IVH_ACCESS_TOKEN": sim.sim.access_token,
+        "IVH_BASE_URL": sim.url,
+        "IVH_MAX_QPS": 500,
+        "IVH_TIMEOUT": 2,
+        "POLL_INTERVAL": 0.05,
+        "REDIS_URL": redis_url,
+        "INTAKE_TOKEN": INTAKE,
+    }
+    return Settings(_env_file=None, **(values | extra))  # type: ignore[call-arg]
+
+
+@dataclass
+class Bot:
+    url: str
+    http: httpx.AsyncClient
+    runtime: Runtime
+    sim: RunningSimulator
+    fake: FakeSlack
+    trigger: int = field(default=0)
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    async def track(self, task_id: str, **fields: Any) -> dict:
+        answer = await self.http.post(
+            "/tasks",
+            json={"task_id": task_id, **fields},
+            headers={"Authorization": f"Bearer {INTAKE}"},
+        )
+        assert answer.status_code == 202, answer.text
+        return answer.json()
+
+    async def record(self, task_id: str) -> TaskRecord:
+        record = await self.store.get(task_id)
+        assert record is not None
+        return record
+
+    async def until(self, check: Any, within: float = 10.0) -> None:
+        async def holds() -> bool:
+            return bool(await check())
+
+        await wait_for(holds, within)
+
+    async def posted(self, task_id: str) -> TaskRecord:
+        """Wait until the task's parent message exists and its video step is finished."""
+
+        async def ready() -> bool:
+            loaded = await self.store.view(task_id)
+            return bool(loaded and loaded[0].slack_ts and loaded[1].upload is not None)
+
+        await self.until(ready)
+        return await self.record(task_id)
+
+    def parent(self, record: TaskRecord) -> Any:
+        assert record.slack_channel and record.slack_ts
+        return self.fake.message(record.slack_channel, record.slack_ts)
+
+    def thread(self, record: TaskRecord) -> list[Any]:
+        assert record.slack_channel and record.slack_ts
+        return self.fake.thread(record.slack_channel, record.slack_ts)
+
+    async def send(self, payload: dict | None = None, *, form: dict | None = None, **kw: Any):
+        fields = form if form is not None else {"payload": json.dumps(payload)}
+        body = urllib.parse.urlencode(fields)
+        headers = kw.pop("headers", None) or slack_headers(body, **kw)
+        return await self.http.post("/slack/events", content=body, headers=headers)
+
+    async def click(self, action_id: str, value: str, user: str = "U0ALICE", **kw: Any):
+        self.trigger += 1
+        payload = {
+            "type": "block_actions",
+            "team": {"id": self.fake.team_id},
+            "user": {"id": user, "team_id": self.fake.team_id},
+            "api_app_id": "A0TEST",
+            "token": "legacy",
+            "trigger_id": f"trigger-{self.trigger}",
+            "channel": {"id": CHANNEL},
+            "container": {"type": "message", "channel_id": CHANNEL},
+            "response_url": self.fake.response_url(f"{user}-{self.trigger}"),
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": "decide",
+                    "value": value,
+                    "action_ts": str(time.time()),
+                }
+            ],
+        }
+        return await self.send(payload, **kw)
+
+    async def submit_reason(self, metadata: str, reason: str | None, user: str = "U0ALICE"):
+        payload = {
+            "type": "view_submission",
+            "team": {"id": self.fake.team_id},
+            "user": {"id": user, "team_id": self.fake.team_id},
+            "api_app_id": "A0TEST",
+            "token": "legacy",
+            "trigger_id": "trigger-view",
+            "view": {
+                "id": "V0TEST",
+                "type": "modal",
+                "callback_id": "reject_reason",
+                "private_metadata": metadata,
+                "state": {
+                    "values": {
+                        "reason": {"reason_input": {"type": "plain_text_input", "value": reason}}
+                    }
+                },
+            },
+        }
+        return await self.send(payload)
+
+    async def command(self, text: str, user: str = "U0ALICE", channel: str = CHANNEL):
+        form = {
+            "command": "/ivh",
+            "text": text,
+            "user_id": user,
+            "channel_id": channel,
+            "team_id": self.fake.team_id,
+            "response_url": self.fake.response_url(f"cmd-{user}"),
+            "trigger_id": "trigger-cmd",
+            "token": "legacy",
+        }
+        return await self.send(form=form)
+
+
+@contextlib.asynccontextmanager
+async def run_bot(
+    sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra: Any
+) -> AsyncIterator[Bot]:
+    settings = settings_for(sim, fake, redis_url, **extra)
+    assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
+    up = Upstreams(redis_url, sim.url, settings.IVH_APPKEY, sim.sim.access_token)
+    runtime = Runtime.build(settings, up)
+    assert runtime.slack is not None
+    loops = [
+        asyncio.create_task(runtime.poller.run()),
+        asyncio.create_task(runtime.slack.publisher.run()),
+    ]
+    try:
+        async with serving(runtime.web_app()) as url, httpx.AsyncClient(base_url=url) as http:
+            yield Bot(url, http, runtime, sim, fake)
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await runtime.aclose()

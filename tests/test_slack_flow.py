@@ -1,0 +1,273 @@
+"""End to end: the IVH simulator, a fake Slack, a private Redis and the real app over HTTP."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import messages
+from tests.harness import CHANNEL, Bot, run_bot
+
+DEMO_MP4 = (Path(__file__).parent.parent / "bot" / "media" / "demo.mp4").read_bytes()
+
+
+def button_values(message) -> dict[str, str]:
+    return {
+        element["action_id"]: element["value"]
+        for block in message.blocks
+        if block["type"] == "actions"
+        for element in block["elements"]
+    }
+
+
+def texts(messages_) -> str:
+    return "\n".join(m.text + json.dumps(m.blocks, ensure_ascii=False) for m in messages_)
+
+
+async def sim_operations(bot: Bot, task_id: str) -> list[dict]:
+    return [
+        r
+        for r in bot.sim.sim.requests
+        if r["action"] == "customerconfirm" and r["task_id"] == task_id and r["code"] == 0
+    ]
+
+
+async def test_track_post_upload_approve_and_success(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id, title="Anna, studio avatar")
+    record = await bot.posted(task.task_id)
+    parent = bot.parent(record)
+    assert record.slack_channel == CHANNEL
+    assert set(button_values(parent)) == {"approve", "reject"}
+    assert "Anna, studio avatar" in parent.text + json.dumps(parent.blocks)
+    assert "/media/" in json.dumps(parent.blocks)  # the original link stays in the message
+    [upload] = [m for m in bot.thread(record) if m.files]
+    assert upload.files[0]["name"].endswith(".mp4")
+    assert bot.fake.uploads[upload.files[0]["id"]] == DEMO_MP4
+
+    answer = await bot.click("approve", button_values(parent)["approve"])
+    assert answer.status_code == 200
+
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    [agree] = await sim_operations(bot, task.task_id)
+    assert agree["operate"] == "AGREE"
+    parent = bot.parent(record)
+    assert button_values(parent) == {}
+    assert "Complete" in json.dumps(parent.blocks)
+    thread = texts(bot.thread(record))
+    assert "approved" in thread and "<@U0ALICE>" in thread and "Complete" in thread
+
+
+async def _succeeded(bot: Bot, task_id: str) -> bool:
+    loaded = await bot.store.view(task_id)
+    if loaded is None or loaded[1].phase != "succeeded":
+        return False
+    record = loaded[0]
+    return "Complete" in texts(bot.thread(record))
+
+
+async def _modal_metadata(bot: Bot) -> str:
+    [call] = await bot.fake.wait_for("views.open")
+    view = call.args["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    assert view["callback_id"] == messages.REJECT_VIEW
+    return view["private_metadata"]
+
+
+async def test_reject_with_reason_starts_round_two_in_the_same_thread(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    round_one = button_values(bot.parent(record))
+
+    assert (await bot.click("reject", round_one["reject"])).status_code == 200
+    metadata = await _modal_metadata(bot)
+
+    blank = await bot.submit_reason(metadata, "   \n ")
+    assert blank.json()["response_action"] == "errors"
+    too_long = await bot.submit_reason(metadata, "x" * 301)
+    assert "300" in too_long.json()["errors"]["reason"]
+    assert await sim_operations(bot, task.task_id) == []
+
+    reason = "口型不同步 — lips out of sync, <b>redo</b>"
+    accepted = await bot.submit_reason(metadata, reason)
+    assert accepted.status_code == 200 and not accepted.content
+
+    async def round_two_posted() -> bool:
+        loaded = await bot.store.view(task.task_id)
+        return bool(loaded and loaded[1].round == 2 and loaded[1].upload is not None)
+
+    await bot.until(round_two_posted)
+    [reject] = await sim_operations(bot, task.task_id)
+    assert (reject["operate"], reject["reason"]) == ("REJECT", reason)
+
+    record = await bot.record(task.task_id)
+    parent = bot.parent(record)
+    round_two = button_values(parent)
+    assert messages.parse_button_value(round_two["approve"]) == (task.task_id, 2)
+    blocks = json.dumps(parent.blocks, ensure_ascii=False)
+    assert "口型不同步" in blocks and "&lt;b&gt;redo" in blocks  # earlier rejection, escaped
+    thread = bot.thread(record)
+    broadcast = [m for m in thread if m.reply_broadcast]
+    assert broadcast and "Round 2" in broadcast[0].text
+    assert len([m for m in thread if m.files]) == 2  # one video per round, same thread
+
+    stale = await bot.click("approve", round_one["approve"], user="U0BOB")
+    assert stale.status_code == 200
+    await bot.until(lambda: _ephemeral_to(bot, "U0BOB", "round 1"))
+    assert len(await sim_operations(bot, task.task_id)) == 1
+
+    await bot.click("approve", round_two["approve"])
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    operations = [r["operate"] for r in await sim_operations(bot, task.task_id)]
+    assert operations == ["REJECT", "AGREE"]
+
+
+async def _ephemeral_to(bot: Bot, user: str, words: str) -> bool:
+    return any(
+        words in (e.text or "") and (e.user == user or user in str(e.args))
+        for e in bot.fake.ephemeral
+    )
+
+
+async def test_twenty_concurrent_approvals_send_one_agree(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    value = button_values(bot.parent(record))["approve"]
+    answers = await asyncio.gather(
+        *(bot.click("approve", value, user=f"U0USER{i:02d}") for i in range(20))
+    )
+    assert all(a.status_code == 200 for a in answers)
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    assert len(await sim_operations(bot, task.task_id)) == 1
+    decided = [m for m in bot.thread(record) if "approved" in m.text.lower()]
+    assert len(decided) == 1
+
+
+async def test_only_approvers_may_decide(sim, fake, redis, redis_server):
+    fake.groups["S0LEADS"] = ["U0LEAD"]
+    async with run_bot(
+        sim, fake, redis_server.url, APPROVERS=["U0BOSS"], APPROVER_GROUP="S0LEADS"
+    ) as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        values = button_values(bot.parent(record))
+        await bot.click("approve", values["approve"], user="U0INTERN")
+        await bot.until(lambda: _ephemeral_to(bot, "U0INTERN", "Only approvers"))
+        await bot.click("reject", values["reject"], user="U0INTERN")
+        await bot.until(
+            lambda: _count(bot, "U0INTERN", "Only approvers", 2)  # no modal for them
+        )
+        assert bot.fake.calls_to("views.open") == []
+        assert await sim_operations(bot, task.task_id) == []
+        await bot.click("approve", values["approve"], user="U0LEAD")  # via the group
+        await bot.until(lambda: _succeeded(bot, task.task_id))
+        [agree] = await sim_operations(bot, task.task_id)
+        assert agree["operate"] == "AGREE"
+
+
+async def _count(bot: Bot, user: str, words: str, n: int) -> bool:
+    return sum(1 for e in bot.fake.ephemeral if words in (e.text or "")) >= n
+
+
+async def test_decided_in_the_console_is_shown_and_buttons_go(bot: Bot):
+    bot.sim.sim.deliver_seconds = 3600
+    task = bot.sim.sim.create_task()
+    task.deliver_seconds = 3600
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    bot.sim.sim.confirm(task.task_id, "AGREE")  # someone used the Tencent console
+
+    async def shown() -> bool:
+        loaded = await bot.store.view(task.task_id)
+        return bool(loaded and loaded[1].phase == "elsewhere")
+
+    await bot.until(shown)
+    await bot.until(lambda: _thread_says(bot, record, "outside Slack"))
+    parent = bot.parent(record)
+    assert button_values(parent) == {}
+    assert "outside Slack" in json.dumps(parent.blocks)
+
+
+async def _thread_says(bot: Bot, record, words: str) -> bool:
+    return words in texts(bot.thread(record))
+
+
+async def test_a_failed_confirmation_is_explained_and_a_second_click_works(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    value = button_values(bot.parent(record))["approve"]
+    bot.sim.sim.add_fault(_fault("customerconfirm", code=100008, message="quota exceeded"))
+
+    await bot.click("approve", value)
+    await bot.until(lambda: _ephemeral_to(bot, "U0ALICE", "100008"))
+    [error] = [e for e in bot.fake.ephemeral if "100008" in (e.text or "")]
+    assert "quota exceeded" in error.text and "RequestID" in error.text
+    await bot.until(lambda: _thread_says(bot, record, "100008"))
+    assert set(button_values(bot.parent(record))) == {"approve", "reject"}
+
+    await bot.click("approve", value)
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    assert len(await sim_operations(bot, task.task_id)) == 1
+
+
+def _fault(action: str, **fields):
+    from bot.sim_state import Fault
+
+    return Fault(action=action, kind="code", **fields)
+
+
+async def test_rate_limited_post_is_retried_and_posted_once(bot: Bot):
+    bot.fake.fail("chat.postMessage", status=429, retry_after=1)
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    posts = bot.fake.calls_to("chat.postMessage")
+    assert posts[0].fault == "http_429"
+    parents = [
+        m for m in bot.fake.messages.values() if m.thread_ts is None and m.channel == CHANNEL
+    ]
+    assert len(parents) == 1 and parents[0].ts == record.slack_ts
+
+
+@pytest.mark.parametrize("kind", ["forged", "replayed", "unsigned"])
+async def test_forged_and_replayed_requests_are_refused(bot: Bot, kind: str):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    value = button_values(bot.parent(record))["approve"]
+    options = {
+        "forged": {"secret": "not-the-secret"},
+        "replayed": {"at": time.time() - 6 * 60},
+        "unsigned": {"headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+    }[kind]
+    answer = await bot.click("approve", value, **options)
+    assert answer.status_code == 401
+    await asyncio.sleep(0)  # nothing may have started; the state is checked, not timed
+    assert await sim_operations(bot, task.task_id) == []
+    assert bot.fake.ephemeral == []
+
+
+async def test_slash_command_tracks_and_reports(bot: Bot):
+    task = bot.sim.sim.create_task()
+    answer = await bot.command(f"track {task.task_id} <#C0OTHER|avatars> Anna's voice")
+    # A plain-text answer to a slash command is shown only to whoever typed it.
+    assert answer.status_code == 200 and answer.headers["content-type"] == "text/plain"
+    assert "Tracking" in answer.text
+    record = await bot.posted(task.task_id)
+    assert (record.slack_channel, record.title, record.tracked_by) == (
+        "C0OTHER",
+        "Anna's voice",
+        "U0ALICE",
+    )
+    status = (await bot.command(f"status {task.task_id}")).text
+    assert "round 1" in status and "Open the thread" in status
+    assert "/ivh track" in (await bot.command("help")).text
+    assert "not tracked" in (await bot.command("status nope")).text
+    bad = (await bot.command("track " + "x" * 200)).text
+    assert "Not tracked" in bad and "128" in bad
