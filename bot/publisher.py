@@ -30,6 +30,10 @@ FATAL_SLACK_ERRORS = frozenset(
 )
 
 
+class RetryLater(Exception):
+    """The event cannot be handled yet; leave it pending so it is reclaimed later."""
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -77,6 +81,9 @@ class Publisher:
         """Handle one event; acknowledge it when done or when retrying cannot help."""
         try:
             await self.handle(entry_id, event)
+        except RetryLater as reason:
+            log.info("event %s for task %s: %s; later", entry_id, event.task_id, reason)
+            return
         except SlackApiError as error:
             code = slack_error(error)
             if code not in FATAL_SLACK_ERRORS:
@@ -167,13 +174,16 @@ class Publisher:
         if await self._store.decision(event.task_id, event.round) is not None:
             await self._thread.refresh(event.task_id)
             return
+        if await self._store.current_claim(event.task_id, event.round) is not None:
+            # Someone is deciding in Slack right now: their call may be what moved the task.
+            raise RetryLater("a decision from Slack is in flight")
         decision = Decision(round=event.round, operate=None, at=event.at, source="elsewhere")
-        if await self._store.save_decision(event.task_id, decision):
-            record = await self._store.get(event.task_id)
-            if record is not None and await self._step(entry_id, "reply"):
-                await self._thread.reply(record, messages.decision_reply(decision))
-                await self._store.mark_step(entry_id, "reply")
+        await self._store.save_decision(event.task_id, decision)
         await self._thread.refresh(event.task_id)
+        record = await self._store.get(event.task_id)
+        if record is not None and await self._step(entry_id, "reply"):
+            await self._thread.reply(record, messages.decision_reply(decision))
+            await self._store.mark_step(entry_id, "reply")
 
     async def _ended(self, entry_id: str, event: Event) -> None:
         record = await self._store.get(event.task_id)

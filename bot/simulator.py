@@ -252,14 +252,25 @@ def _field(obj: object, *keys: str) -> Any:
     return obj
 
 
+def _broken(kind: str, request_id: str) -> web.Response:
+    """A gateway in trouble: none of these is an IVH envelope."""
+    if kind == "http500":
+        return web.Response(status=500, text=ERROR_PAGE, content_type="text/html")
+    if kind == "html":
+        return web.Response(text=GATEWAY_PAGE, content_type="text/html")
+    truncated = json.dumps({"Header": {"Code": 0, "RequestID": request_id}})[:-7]
+    return web.Response(text=truncated, content_type=JSON)
+
+
 def make_app(sim: Simulator, *, media_base: str | None = None) -> web.Application:
     """The simulator's routes. Demo URLs use `media_base`, else each request's own origin."""
-    if media_base:
-        sim.media_base = media_base.rstrip("/")
+    fixed_base = media_base.rstrip("/") if media_base else None
+    if fixed_base:
+        sim.media_base = fixed_base
     gate = _Gate()
 
     def base_of(request: web.Request) -> str:
-        return sim.media_base if media_base else f"{request.scheme}://{request.host}"
+        return fixed_base or f"{request.scheme}://{request.host}"
 
     async def api(request: web.Request) -> web.Response:
         action = request.match_info["action"]
@@ -295,13 +306,9 @@ def make_app(sim: Simulator, *, media_base: str | None = None) -> web.Applicatio
         if fault.kind == "code":
             record["code"] = fault.code
             return _envelope(fault.code, fault.message, request_id, {})
-        if fault.kind == "http500":
-            record["http_status"] = 500
-            return web.Response(status=500, text=ERROR_PAGE, content_type="text/html")
-        if fault.kind == "html":
-            return web.Response(text=GATEWAY_PAGE, content_type="text/html")
-        truncated = json.dumps({"Header": {"Code": 0, "RequestID": request_id}})[:-7]
-        return web.Response(text=truncated, content_type=JSON)
+        response = _broken(fault.kind, request_id)
+        record["http_status"] = response.status
+        return response
 
     async def media(request: web.Request) -> web.StreamResponse:
         task = sim.tasks.get(request.match_info["task_id"])

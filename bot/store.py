@@ -263,6 +263,10 @@ class Store:
             if raw:  # else it expired between the two calls: try again
                 return Claim.model_validate_json(raw)
 
+    async def current_claim(self, task_id: str, round_: int) -> Claim | None:
+        raw = await self.redis.get(claim_key(task_id, round_))
+        return Claim.model_validate_json(raw) if raw else None
+
     async def release(self, task_id: str, round_: int, token: str) -> None:
         """Give a claim back, if it is still ours."""
         await self._release(keys=[claim_key(task_id, round_)], args=[token])

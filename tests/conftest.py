@@ -122,6 +122,12 @@ async def redis(redis_server: RedisProcess) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+async def redis_url(redis: Redis, redis_server: RedisProcess) -> str:
+    """The private Redis, emptied for this test."""
+    return redis_server.url
+
+
+@pytest.fixture
 async def store(redis: Redis) -> Store:
     return Store(redis)
 
@@ -165,8 +171,8 @@ async def fake() -> AsyncIterator[FakeSlack]:
 
 
 @pytest.fixture
-async def bot(sim, fake, redis, redis_server) -> AsyncIterator[Bot]:
+async def bot(sim, fake, redis_url) -> AsyncIterator[Bot]:
     from tests.harness import run_bot
 
-    async with run_bot(sim, fake, redis_server.url) as running:
+    async with run_bot(sim, fake, redis_url) as running:
         yield running

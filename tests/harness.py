@@ -21,7 +21,7 @@ import httpx
 from bot.app import Runtime, Upstreams
 from bot.config import Settings
 from bot.simulator import RunningSimulator
-from bot.store import Store, TaskRecord
+from bot.store import EVENTS_STREAM, Store, TaskRecord
 from tests.conftest import serving, wait_for
 from tests.fake_slack import FakeSlack
 
@@ -97,10 +97,19 @@ class Bot:
 
         async def ready() -> bool:
             loaded = await self.store.view(task_id)
-            return bool(loaded and loaded[0].slack_ts and loaded[1].upload is not None)
+            done = loaded and loaded[0].slack_ts and loaded[1].upload is not None
+            return bool(done) and await self.published()
 
         await self.until(ready)
         return await self.record(task_id)
+
+    async def published(self) -> bool:
+        """Every event so far was delivered to a publisher and acknowledged."""
+        redis = self.store.redis
+        groups = await redis.xinfo_groups(EVENTS_STREAM)
+        info = await redis.xinfo_stream(EVENTS_STREAM)
+        last = info["last-generated-id"]
+        return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
 
     def parent(self, record: TaskRecord) -> Any:
         assert record.slack_channel and record.slack_ts

@@ -616,3 +616,15 @@ async def test_unknown_demo_media_is_not_found(sim: RunningSimulator, path: str)
     async with httpx.AsyncClient(verify=False) as http:
         response = await http.get(f"{sim.url}/media/{path.format(task=task_id)}.mp4")
     assert response.status_code == 404
+
+
+async def test_latency_delays_every_api_answer() -> None:
+    running = await start(Simulator(audit_seconds=0, train_seconds=0, latency_ms=80))
+    try:
+        task_id = waiting_task(running)
+        async with client_for(running) as client:
+            began = time.monotonic()
+            await client.get_progress(task_id)
+            assert time.monotonic() - began >= 0.08
+    finally:
+        await running.close()

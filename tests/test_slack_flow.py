@@ -147,10 +147,10 @@ async def test_twenty_concurrent_approvals_send_one_agree(bot: Bot):
     assert len(decided) == 1
 
 
-async def test_only_approvers_may_decide(sim, fake, redis, redis_server):
+async def test_only_approvers_may_decide(sim, fake, redis_url):
     fake.groups["S0LEADS"] = ["U0LEAD"]
     async with run_bot(
-        sim, fake, redis_server.url, APPROVERS=["U0BOSS"], APPROVER_GROUP="S0LEADS"
+        sim, fake, redis_url, APPROVERS=["U0BOSS"], APPROVER_GROUP="S0LEADS"
     ) as bot:
         task = bot.sim.sim.create_task()
         await bot.track(task.task_id)
@@ -188,7 +188,7 @@ async def test_decided_in_the_console_is_shown_and_buttons_go(bot: Bot):
 
     await bot.until(shown)
     await bot.until(lambda: _thread_says(bot, record, "outside Slack"))
-    parent = bot.parent(record)
+    parent = bot.parent(record)  # rebuilt before the thread reply went out
     assert button_values(parent) == {}
     assert "outside Slack" in json.dumps(parent.blocks)
 
@@ -271,3 +271,61 @@ async def test_slash_command_tracks_and_reports(bot: Bot):
     assert "not tracked" in (await bot.command("status nope")).text
     bad = (await bot.command("track " + "x" * 200)).text
     assert "Not tracked" in bad and "128" in bad
+
+
+async def test_an_oversized_video_still_posts_the_message_with_its_link(sim, fake, redis_url):
+    async with run_bot(sim, fake, redis_url, VIDEO_MAX_BYTES=1000) as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        blocks = json.dumps(bot.parent(record).blocks)
+        assert "Could not copy the video" in blocks and "/media/" in blocks
+        assert set(button_values(bot.parent(record))) == {"approve", "reject"}
+        assert "larger than" in texts(bot.thread(record))
+        assert bot.fake.uploads == {}
+
+
+async def test_uploads_disabled_in_the_workspace_is_said_plainly(bot: Bot):
+    bot.fake.fail("files.getUploadURLExternal", error="file_uploads_disabled")
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    assert "does not allow file uploads" in json.dumps(bot.parent(record).blocks)
+
+
+@pytest.mark.parametrize("took_effect", [True, False])
+async def test_a_timed_out_confirmation_is_settled_by_rereading_progress(
+    sim, fake, redis_url, took_effect: bool
+):
+    from bot.sim_state import Fault
+
+    async with run_bot(sim, fake, redis_url, IVH_TIMEOUT=0.3) as bot:
+        bot.sim.sim.deliver_seconds = 3600
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        value = button_values(bot.parent(record))["approve"]
+        bot.sim.sim.add_fault(
+            Fault(action="customerconfirm", kind="timeout", seconds=1.0, apply=took_effect)
+        )
+        await bot.click("approve", value)
+        if took_effect:
+
+            async def approved() -> bool:
+                return "Approved by" in json.dumps(bot.parent(record).blocks)
+
+            await bot.until(approved)
+            assert not [e for e in bot.fake.ephemeral if "did not reach" in (e.text or "")]
+        else:
+            await bot.until(lambda: _ephemeral_to(bot, "U0ALICE", "did not reach Tencent"))
+            assert set(button_values(bot.parent(record))) == {"approve", "reject"}
+            await bot.click("approve", value)
+
+            async def agreed() -> bool:
+                return bot.sim.sim.tasks[task.task_id].phase.value != "WAIT"
+
+            await bot.until(agreed)
+        decisions = [
+            r for r in bot.sim.sim.requests if r["action"] == "customerconfirm"
+        ]
+        assert len(decisions) == (1 if took_effect else 2)

@@ -1,0 +1,127 @@
+"""`ivh-approvals run` as a real process: serves, polls, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from bot.simulator import RunningSimulator
+from bot.store import Store
+from tests.conftest import RedisProcess, free_port, wait_for
+
+INTAKE = "run-test-token"
+
+
+def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    kept = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_"))
+    }
+    return kept | {"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings
+
+
+async def start_bot(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "bot.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    return process, log
+
+
+async def healthy(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{url}/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return await asyncio.to_thread(process.wait, 15)
+
+
+async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
+    tmp_path: Path, redis_server: RedisProcess, redis: Redis, sim: RunningSimulator
+):
+    port = free_port()
+    env = bot_env(
+        tmp_path,
+        PORT=str(port),
+        REDIS_URL=redis_server.url,
+        IVH_BASE_URL=sim.url,
+        IVH_APPKEY=sim.sim.appkey,
+        IVH_ACCESS_TOKEN=sim.sim.access_token,
+        POLL_INTERVAL="0.2",
+    )
+    process, log = await start_bot(tmp_path, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_for(lambda: healthy(url), within=20)
+        task = sim.sim.create_task()
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.post(
+                "/tasks",
+                json={"task_id": task.task_id, "title": "from a test"},
+                headers={"Authorization": f"Bearer {INTAKE}"},
+            )
+        assert answer.status_code == 202
+        store = Store(redis)
+
+        async def awaiting() -> bool:
+            return any(e.task_id == task.task_id for _, e in await store.events())
+
+        await wait_for(awaiting)
+    finally:
+        code = await stop(process)
+    assert code == 0
+    text = log.read_text()
+    assert "stopped" in text and "Traceback" not in text
+    assert sim.sim.access_token not in text
+
+
+async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_path: Path):
+    port = free_port()
+    env = bot_env(tmp_path, PORT=str(port), POLL_INTERVAL="0.2")
+    process, log = await start_bot(tmp_path, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_for(lambda: healthy(url), within=30)
+        tracked = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "track", "demo_task_1", "--title", "Demo"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert tracked.returncode == 0, tracked.stderr
+        assert '"task_id": "demo_task_1"' in tracked.stdout
+
+        async def polled() -> bool:
+            async with httpx.AsyncClient(base_url=url) as http:
+                answer = await http.get(
+                    "/tasks/demo_task_1", headers={"Authorization": f"Bearer {INTAKE}"}
+                )
+            snapshot = answer.json()["task"]["snapshot"]
+            return snapshot is not None and snapshot["status"] == "MAKING"
+
+        await wait_for(polled, within=15)
+    finally:
+        code = await stop(process)
+    assert code == 0
+    text = log.read_text()
+    assert "embedded" in text and "simulator" in text and "Traceback" not in text
+    assert (tmp_path / "data" / "redis" / "appendonlydir").exists()  # the data stays
