@@ -24,9 +24,7 @@ SLOW = 3600.0  # phases that only end when a test advances them
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
-    running = await start(
-        Simulator(audit_seconds=SLOW, train_seconds=SLOW, deliver_seconds=SLOW)
-    )
+    running = await start(Simulator(audit_seconds=SLOW, train_seconds=SLOW, deliver_seconds=SLOW))
     yield running
     await running.close()
 
@@ -183,8 +181,9 @@ async def test_the_qps_cap_holds_at_the_simulator_across_two_pollers(
         task = sim.sim.create_task()
         await store.track(task.task_id, channel=None, title=None, tracked_by="cli")
     sim.sim.requests.clear()
-    async with polling(store, sim, interval=SLOW, qps=qps), polling(
-        store, sim, interval=SLOW, qps=qps
+    async with (
+        polling(store, sim, interval=SLOW, qps=qps),
+        polling(store, sim, interval=SLOW, qps=qps),
     ):
 
         async def all_polled() -> bool:

@@ -28,7 +28,7 @@ def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return kept | {"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings
 
 
-async def start_bot(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+def start_bot(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "bot.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run"],
@@ -66,7 +66,7 @@ async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
         IVH_ACCESS_TOKEN=sim.sim.access_token,
         POLL_INTERVAL="0.2",
     )
-    process, log = await start_bot(tmp_path, env)
+    process, log = start_bot(tmp_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_for(lambda: healthy(url), within=20)
@@ -95,11 +95,12 @@ async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
 async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_path: Path):
     port = free_port()
     env = bot_env(tmp_path, PORT=str(port), POLL_INTERVAL="0.2")
-    process, log = await start_bot(tmp_path, env)
+    process, log = start_bot(tmp_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_for(lambda: healthy(url), within=30)
-        tracked = subprocess.run(
+        tracked = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "bot.cli", "track", "demo_task_1", "--title", "Demo"],
             env=env,
             cwd=tmp_path,

@@ -149,9 +149,7 @@ async def test_twenty_concurrent_approvals_send_one_agree(bot: Bot):
 
 async def test_only_approvers_may_decide(sim, fake, redis_url):
     fake.groups["S0LEADS"] = ["U0LEAD"]
-    async with run_bot(
-        sim, fake, redis_url, APPROVERS=["U0BOSS"], APPROVER_GROUP="S0LEADS"
-    ) as bot:
+    async with run_bot(sim, fake, redis_url, APPROVERS=["U0BOSS"], APPROVER_GROUP="S0LEADS") as bot:
         task = bot.sim.sim.create_task()
         await bot.track(task.task_id)
         record = await bot.posted(task.task_id)
@@ -325,7 +323,5 @@ async def test_a_timed_out_confirmation_is_settled_by_rereading_progress(
                 return bot.sim.sim.tasks[task.task_id].phase.value != "WAIT"
 
             await bot.until(agreed)
-        decisions = [
-            r for r in bot.sim.sim.requests if r["action"] == "customerconfirm"
-        ]
+        decisions = [r for r in bot.sim.sim.requests if r["action"] == "customerconfirm"]
         assert len(decisions) == (1 if took_effect else 2)

@@ -33,10 +33,7 @@ async def test_concurrent_recordings_of_one_transition_append_one_event(store: S
     assert record is not None
     events = build_events("t-1", None, WAITING, at=1.0)
     results = await asyncio.gather(
-        *(
-            store.record_progress(record, WAITING, events, now=1.0, next_poll=2.0)
-            for _ in range(10)
-        )
+        *(store.record_progress(record, WAITING, events, now=1.0, next_poll=2.0) for _ in range(10))
     )
     assert sum(results) == 1
     assert len(await store.events()) == 1
