@@ -23,6 +23,7 @@ from bot.ivh import IvhClient
 from bot.poller import Poller
 from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
+from bot.simulator import Simulator, start
 from bot.slack import Thread, make_client
 from bot.store import Store, rate_key
 from bot.web import add_slack_route, make_web_app
@@ -38,6 +39,7 @@ class Upstreams:
     ivh_base_url: str
     ivh_appkey: str
     ivh_access_token: str
+    simulator: Simulator | None = None  # the built-in one, when IVH keys are unset
 
 
 @contextlib.asynccontextmanager
@@ -58,8 +60,6 @@ async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
                 settings.IVH_ACCESS_TOKEN.get_secret_value(),
             )
             return
-        from bot.simulator import Simulator, start
-
         sim = Simulator(audit_seconds=10, train_seconds=30, auto_create=True)
         running = await start(sim)
         stack.push_async_callback(running.close)
@@ -68,7 +68,7 @@ async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
             " any task id you track is created there)",
             running.url,
         )
-        yield Upstreams(redis_url, running.url, sim.appkey, sim.access_token)
+        yield Upstreams(redis_url, running.url, sim.appkey, sim.access_token, sim)
 
 
 @dataclass
@@ -173,8 +173,23 @@ def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
         stop.set()
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the HTTP server, the poller and the publisher until `stop` is set."""
+DEMO_TITLE = "Demo avatar (simulated)"
+
+
+async def seed_demo(store: Store, sim: Simulator) -> str:
+    """A simulated task that reaches CONFIRM in about 40 seconds, tracked for Slack."""
+    task = sim.create_task(audit_seconds=10, train_seconds=30)
+    await store.track(task.task_id, channel=None, title=DEMO_TITLE, tracked_by="demo")
+    return task.task_id
+
+
+async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) -> None:
+    """Run the HTTP server, the poller and the publisher until `stop` is set.
+
+    With `demo`, IVH is always the built-in simulator and one demo task is seeded.
+    """
+    if demo:
+        settings = settings.model_copy(update={"IVH_APPKEY": None, "IVH_ACCESS_TOKEN": None})
     if settings.INTAKE_TOKEN is None:
         log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
     if not settings.slack_configured:
@@ -197,6 +212,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 stack.push_async_callback(socket.aclose)
         for loop in loops:
             loop.add_done_callback(lambda task: _stop_if_crashed(task, stop))
+        if demo and up.simulator is not None:
+            task_id = await seed_demo(runtime.store, up.simulator)
+            runtime.poller.wake()
+            log.warning(
+                "demo: tracking simulated task %s; its demo reaches Slack in about 40 s."
+                " Approve or Reject it there; after a Reject, round 2 follows 30 s later.",
+                task_id,
+            )
         await stop.wait()
         log.info("stopping")
         for loop in loops:

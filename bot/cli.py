@@ -33,12 +33,26 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings, *, demo: bool = False) -> None:
     from bot.app import serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    await serve(settings, stop)
+    await serve(settings, stop, demo=demo)
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    """The demo runs in Socket Mode; without any Slack settings it shows the Tencent side."""
+    if settings.slack_configured:
+        for name in ("SLACK_APP_TOKEN", "SLACK_CHANNEL"):
+            if getattr(settings, name) is None:
+                raise SettingsError(f"configuration error: {name}: required by the demo")
+    else:
+        log.warning(
+            "demo without Slack: set SLACK_BOT_TOKEN, SLACK_APP_TOKEN and SLACK_CHANNEL to"
+            " approve in Slack; until then watch events with `ivh-approvals events -f`"
+        )
+    return settings.model_copy(update={"POLL_INTERVAL": min(settings.POLL_INTERVAL, 5.0)})
 
 
 async def _simulate(args: argparse.Namespace) -> None:
@@ -124,7 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Approve or reject Tencent IVH customization demos from Slack.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the bot: HTTP server, poller (settings from the environment)")
+    sub.add_parser("run", help="run the bot: HTTP server, poller, publisher, Slack listeners")
+    sub.add_parser(
+        "demo",
+        help="run the bot with the built-in IVH simulator and a demo task (Socket Mode)",
+    )
 
     sim = sub.add_parser("simulate", help="run the IVH simulator (a fake Tencent IVH API)")
     sim.add_argument("--host", default="127.0.0.1")
@@ -171,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             asyncio.run(_run(settings))
+        elif args.command == "demo":
+            asyncio.run(_run(_demo_settings(settings), demo=True))
         elif args.command == "simulate":
             asyncio.run(_simulate(args))
         elif args.command == "track":

@@ -38,7 +38,8 @@ def slack_date(at: float) -> str:
 def who(user: str) -> str:
     if user.startswith(("U", "W")) and user.isalnum():
         return f"<@{user}>"
-    return {"api": "the API", "cli": "the CLI"}.get(user, escape(user) or "someone")
+    named = {"api": "the API", "cli": "the CLI", "demo": "the demo"}
+    return named.get(user, escape(user) or "someone")
 
 
 def button_value(task_id: str, round_: int) -> str:

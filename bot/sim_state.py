@@ -41,6 +41,7 @@ CREATE_FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,),
     "audit_seconds": _NUMBER,
     "train_seconds": _NUMBER,
+    "deliver_seconds": _NUMBER,
     "demos": (int,),
     "fail_at": (str,),
     "fail_message": (str,),

@@ -436,7 +436,7 @@ async def test_cleared_faults_are_not_served(sim: RunningSimulator, ivh: IvhClie
 async def test_reject_with_reason_starts_round_two_and_agree_delivers(
     sim: RunningSimulator, ivh: IvhClient
 ) -> None:
-    task_id = sim.sim.create_task(audit_seconds=600, train_seconds=600).task_id
+    task_id = sim.sim.create_task(audit_seconds=600, train_seconds=600, deliver_seconds=600).task_id
 
     progress = await ivh.get_progress(task_id)
     assert (progress.status, progress.stage, progress.stage_status) == (
@@ -482,6 +482,10 @@ async def test_reject_with_reason_starts_round_two_and_agree_delivers(
     assert second.confirm.reject_reason == ""
 
     await ivh.customer_confirm(task_id, "AGREE")
+    delivering = await ivh.get_progress(task_id)
+    assert (delivering.stage, delivering.stage_status) == ("CONFIRM", "PROCESSING")
+    assert not delivering.waiting_for_confirmation and delivering.round == 2
+    sim.sim.advance(task_id)
     done = await ivh.get_progress(task_id)
     assert (done.status, done.stage, done.stage_status) == ("SUCCESS", "END", "SUCCESS")
     assert done.assets == [{"AssetType": "IMAGE", "AssetId": f"sim-image-{task_id}"}]
