@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from bot import messages
@@ -76,76 +77,91 @@ class Decider:
         if refusal:
             await notify(refusal)
             return
-        claim = Claim(user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex)
+        claim = Claim(
+            user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex, reason=reason
+        )
         holder = await self._store.claim(task_id, round_, claim, CLAIM_TTL)
         if holder is not None:
             verb = "approved" if holder.operate == "AGREE" else "rejected"
             await notify(f"Already being {verb} by {messages.who(holder.user)}.")
             return
+        outcome = _Outcome(keep_claim=False)
         try:
-            await self._send(task_id, round_, claim, notify, reason)
+            outcome = await self._send(task_id, round_, claim)
         finally:
-            # A recorded decision closes the round for good; the claim only guards the call.
-            await self._store.release(task_id, round_, claim.token)
+            # A recorded decision closes the round for good; the claim only guards the call,
+            # unless nobody knows yet whether the call took effect.
+            if not outcome.keep_claim:
+                await self._store.release(task_id, round_, claim.token)
+        if outcome.text:
+            await notify(outcome.text)
+            record = await self._store.get(task_id)
+            if outcome.in_thread and record is not None:
+                await self._thread.reply(record, {"text": outcome.text})
 
-    async def _send(
-        self, task_id: str, round_: int, claim: Claim, notify: Notify, reason: str
-    ) -> None:
+    async def _send(self, task_id: str, round_: int, claim: Claim) -> _Outcome:
         operate: Operate = "AGREE" if claim.operate == "AGREE" else "REJECT"
         try:
-            request_id = await self._ivh.customer_confirm(task_id, operate, reason or None)
+            request_id = await self._ivh.customer_confirm(task_id, operate, claim.reason or None)
         except IvhError as error:
-            await self._after_error(task_id, round_, claim, notify, reason, error)
-            return
+            return await self._after_error(task_id, round_, claim, error)
         log.info(
             "task %s round %d: %s by %s (%s)", task_id, round_, operate, claim.user, request_id
         )
-        await self._record(task_id, round_, claim, reason, request_id)
+        await self.record(task_id, round_, claim, request_id)
+        return _Outcome()
 
-    async def _record(
-        self, task_id: str, round_: int, claim: Claim, reason: str, request_id: str
-    ) -> None:
-        decision = Decision(
-            round=round_,
-            operate="AGREE" if claim.operate == "AGREE" else "REJECT",
-            user=claim.user,
-            at=time.time(),
-            reason=reason,
-            request_id=request_id,
-        )
-        if await self._store.save_decision(task_id, decision):
-            record = await self._store.get(task_id)
-            await self._thread.refresh(task_id)
-            if record is not None:
-                await self._thread.reply(record, messages.decision_reply(decision))
+    async def record(self, task_id: str, round_: int, claim: Claim, request_id: str) -> None:
+        """Record what the claim's holder decided, then show it in the message and thread."""
+        await self._thread.announce(task_id, decision_from(claim, round_, request_id))
 
     async def _after_error(
-        self,
-        task_id: str,
-        round_: int,
-        claim: Claim,
-        notify: Notify,
-        reason: str,
-        error: IvhError,
-    ) -> None:
+        self, task_id: str, round_: int, claim: Claim, error: IvhError
+    ) -> _Outcome:
         """Whatever went wrong, learn the task's real state before saying anything."""
         log.warning("task %s round %d: %s failed: %s", task_id, round_, claim.operate, error)
         try:
             progress = await self._ivh.get_progress(task_id)
-            still_waiting = progress.waiting_for_confirmation and progress.round <= round_
         except IvhError as reread:
             log.warning("task %s: cannot re-read progress: %s", task_id, reread)
-            still_waiting = not error.outcome_unknown
+            if error.outcome_unknown:
+                # Keep the claim: the publisher settles the round when progress shows it.
+                return _Outcome(
+                    "Tencent did not answer in time and its progress cannot be read now;"
+                    " this message will show the outcome as soon as Tencent does.",
+                    keep_claim=True,
+                )
+            progress = None
+        still_waiting = progress is None or (
+            progress.waiting_for_confirmation and progress.round <= round_
+        )
         if not still_waiting and error.outcome_unknown:
             # Our call reached Tencent after all: the round moved on because of it.
-            await self._record(task_id, round_, claim, reason, error.request_id)
-            return
+            await self.record(task_id, round_, claim, error.request_id)
+            return _Outcome()
         if not still_waiting:
-            await notify("This round was already decided outside Slack.")
-            return
+            return _Outcome("This round was already decided outside Slack.", in_thread=False)
         action = "approval" if claim.operate == "AGREE" else "rejection"
-        text = messages.error_text(claim.user, action, error.code, error.message, error.request_id)
-        await notify(text)
-        record = await self._store.get(task_id)
-        if record is not None:
-            await self._thread.reply(record, {"text": text})
+        return _Outcome(
+            messages.error_text(claim.user, action, error.code, error.message, error.request_id)
+        )
+
+
+def decision_from(claim: Claim, round_: int, request_id: str = "") -> Decision:
+    return Decision(
+        round=round_,
+        operate="AGREE" if claim.operate == "AGREE" else "REJECT",
+        user=claim.user,
+        at=time.time(),
+        reason=claim.reason,
+        request_id=request_id,
+    )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What to tell the decider after a call, and whether the claim must outlive it."""
+
+    text: str = ""
+    in_thread: bool = True
+    keep_claim: bool = False

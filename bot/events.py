@@ -111,3 +111,14 @@ def build_events(
         )
         for kind in transitions(previous, current)
     ]
+
+
+def operate_that_left(event: Event) -> str | None:
+    """Which decision moves a task from WAIT_PROCESS to where `event` found it, if any."""
+    if event.status == "SUCCESS" or (
+        event.stage == "CONFIRM" and event.stage_status != "WAIT_PROCESS"
+    ):
+        return "AGREE"
+    if event.status == "MAKING" and event.stage == "TRAIN":
+        return "REJECT"
+    return None

@@ -287,7 +287,7 @@ class IvhClient:
         body = {"Header": {"RequestID": request_id}, "Payload": payload}
         try:
             response = await self._http.post(action, params=params, json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise IvhError(
                 None, f"cannot reach IVH: {_short(exc)}", request_id, transient=True
             ) from None
@@ -313,7 +313,7 @@ def _parse(response: httpx.Response, request_id: str, *, confirm: bool) -> _Answ
     try:
         envelope = response.json()
         header = envelope["Header"]
-        code = int(header.get("Code", 0))
+        code = int(header["Code"])
         message = str(header.get("Message") or "")
         request_id = str(header.get("RequestID") or request_id)
         body = envelope.get("Payload") or {}

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 
 import httpx
@@ -14,7 +15,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot import messages
 from bot.aio import stop_if_cancelled
-from bot.events import Event, EventType
+from bot.decisions import decision_from
+from bot.events import Event, EventType, operate_that_left
 from bot.slack import Thread, slack_error
 from bot.state import Decision, Upload
 from bot.store import Store
@@ -23,6 +25,7 @@ from bot.video import VideoError, copy_to_thread
 log = logging.getLogger(__name__)
 
 RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead publisher
+SETTLE_AFTER = 30.0  # a Slack claim this old while the task moved on: its holder died
 BLOCK_MS = 2_000
 # Slack errors that no retry will fix: the event is dropped with an error in the log.
 FATAL_SLACK_ERRORS = frozenset(
@@ -174,16 +177,16 @@ class Publisher:
         if await self._store.decision(event.task_id, event.round) is not None:
             await self._thread.refresh(event.task_id)
             return
-        if await self._store.current_claim(event.task_id, event.round) is not None:
+        claim = await self._store.current_claim(event.task_id, event.round)
+        if claim is not None and time.time() - claim.at < SETTLE_AFTER:
             # Someone is deciding in Slack right now: their call may be what moved the task.
             raise RetryLater("a decision from Slack is in flight")
-        decision = Decision(round=event.round, operate=None, at=event.at, source="elsewhere")
-        await self._store.save_decision(event.task_id, decision)
-        await self._thread.refresh(event.task_id)
-        record = await self._store.get(event.task_id)
-        if record is not None and await self._step(entry_id, "reply"):
-            await self._thread.reply(record, messages.decision_reply(decision))
-            await self._store.mark_step(entry_id, "reply")
+        if claim is not None and operate_that_left(event) == claim.operate:
+            # The decider died after its call took effect: the progress says what it sent.
+            decision = decision_from(claim, event.round)
+        else:
+            decision = Decision(round=event.round, operate=None, at=event.at, source="elsewhere")
+        await self._thread.announce(event.task_id, decision)
 
     async def _ended(self, entry_id: str, event: Event) -> None:
         record = await self._store.get(event.task_id)

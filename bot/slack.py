@@ -14,6 +14,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
+from bot.state import Decision
 from bot.store import Store, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,16 @@ class Thread:
             log.warning("task %s: its message was deleted; posting it again", task_id)
             await self.store.clear_slack_message(task_id)
             await self.ensure_parent(task_id)
+
+    async def announce(self, task_id: str, decision: Decision) -> bool:
+        """Record a round's decision; if it is the first, show it in the message and thread."""
+        if not await self.store.save_decision(task_id, decision):
+            return False
+        await self.refresh(task_id)
+        record = await self.store.get(task_id)
+        if record is not None:
+            await self.reply(record, messages.decision_reply(decision))
+        return True
 
     async def reply(
         self, record: TaskRecord, payload: dict[str, Any], *, broadcast: bool = False

@@ -57,10 +57,13 @@ STEPS_TTL = 7 * 24 * 3600
 
 
 class Claim(BaseModel):
+    """Who is deciding a round right now, and what they sent (or are sending) to Tencent."""
+
     user: str
     operate: str
     at: float
     token: str
+    reason: str = ""
 
 
 class TaskState(StrEnum):
