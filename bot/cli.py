@@ -25,6 +25,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs each request URL at INFO, and an IVH URL carries a signature that is a
+    # valid credential for minutes: keep it out of the logs.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

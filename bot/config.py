@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     """Every setting the bot reads. Field names are the environment variable names."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=True,
     )
 
     SLACK_BOT_TOKEN: SecretStr | None = None

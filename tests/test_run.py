@@ -89,7 +89,7 @@ async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
     assert code == 0
     text = log.read_text()
     assert "stopped" in text and "Traceback" not in text
-    assert sim.sim.access_token not in text
+    assert sim.sim.access_token not in text and "signature=" not in text
 
 
 async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_path: Path):

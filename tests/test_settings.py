@@ -3,10 +3,11 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bot.config import SettingsError, load_settings
+from bot.config import Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +84,15 @@ def test_run_with_a_wrong_setting_prints_one_line_and_exits(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "IVH_MAX_QPS" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_env_example_lists_every_setting_and_loads_as_defaults(monkeypatch, tmp_path):
+    example = Path(__file__).parent.parent / ".env.example"
+    listed = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert listed == set(Settings.model_fields)
+    (tmp_path / ".env").write_text(example.read_text())
+    assert load_settings() == load_settings(_env_file=None)
