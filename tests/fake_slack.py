@@ -1,4 +1,8 @@
-"""A fake Slack Web API on loopback: answers the methods the bot uses and records every call."""
+"""A fake Slack Web API on loopback: answers the methods the bot uses and records every call.
+
+It also plays Slack's side of Socket Mode: apps.connections.open (app-level token) hands out a
+ws:// URL to /socket, which says hello and then carries envelopes sent with socket_send().
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ import itertools
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 Args = dict[str, Any]
 # slack_sdk form-encodes these as JSON strings (params, or data= with files); Slack decodes them.
@@ -80,8 +85,15 @@ def _require(args: Args, *names: str) -> None:
 
 
 class FakeSlack:
-    def __init__(self, *, token: str = "xoxb-test-token", strict_channels: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "xoxb-test-token",
+        app_token: str = "xapp-test",
+        strict_channels: bool = False,
+    ) -> None:
         self.token = token
+        self.app_token = app_token  # the app-level token apps.connections.open accepts
         self.strict_channels = strict_channels
         self.team_id, self.bot_user_id, self.bot_id = "T0TEST", "U0BOT", "B0BOT"
         self.url = ""
@@ -107,6 +119,13 @@ class FakeSlack:
         self._posted_at: dict[str, list[float]] = {}
         self._runner: web.AppRunner | None = None
         self._arrival = asyncio.Event()  # set and replaced on every call
+        # Socket Mode: connected clients (newest last), what was sent to them and their acks.
+        self.socket_connected = asyncio.Event()  # set while at least one client is connected
+        self.socket_envelopes: list[Args] = []
+        self.socket_acks: list[Args] = []
+        self._sockets: list[web.WebSocketResponse] = []
+        self._tickets: set[str] = set()
+        self._ack_waiters: dict[str, asyncio.Future[Args]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -116,6 +135,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/response/{key}", self._response)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -126,6 +146,8 @@ class FakeSlack:
     async def close(self) -> None:
         for method in list(self._holds):
             self.release(method)
+        for ws in list(self._sockets):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -163,6 +185,43 @@ class FakeSlack:
                 await self._arrival.wait()
         return self.calls_to(method)
 
+    # --- Socket Mode -----------------------------------------------------------------------
+
+    async def socket_send(
+        self,
+        type_: str,
+        payload: Args,
+        *,
+        accepts_response_payload: bool = True,
+        within: float = 5.0,
+    ) -> Args:
+        """Send an envelope ("slash_commands", "interactive", "events_api") to the newest
+        connected client and return its ack: {"envelope_id": ..., "payload"?: ...}.
+
+        TimeoutError if no client is connected or none acks within `within` seconds (Bolt
+        sends no ack when no listener matched or the listener raised before ack())."""
+        envelope_id = str(uuid.uuid4())
+        envelope: Args = {"envelope_id": envelope_id, "type": type_, "payload": payload}
+        envelope["accepts_response_payload"] = accepts_response_payload
+        waiter: asyncio.Future[Args] = asyncio.get_running_loop().create_future()
+        self._ack_waiters[envelope_id] = waiter
+        try:
+            async with asyncio.timeout(within):
+                while not (open_ := [ws for ws in self._sockets if not ws.closed]):
+                    await self.socket_connected.wait()
+                    await asyncio.sleep(0)
+                self.socket_envelopes.append(envelope)
+                await open_[-1].send_json(envelope)
+                return await waiter
+        finally:
+            self._ack_waiters.pop(envelope_id, None)
+
+    async def socket_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Ask every connected client to reconnect, as Slack does before recycling a server;
+        the client fetches a new URL (apps.connections.open) and drops the old connection."""
+        for ws in [ws for ws in self._sockets if not ws.closed]:
+            await ws.send_json({"type": "disconnect", "reason": reason, "debug_info": {}})
+
     # --- fault injection -------------------------------------------------------------------
 
     def fail(
@@ -196,10 +255,7 @@ class FakeSlack:
     async def _serve(
         self, method: str, args: Args, run: Callable[[Call], Awaitable[web.Response]]
     ) -> web.Response:
-        call = Call(method, args, time.monotonic())
-        self.calls.append(call)
-        self._arrival.set()
-        self._arrival = asyncio.Event()
+        call = self._record(Call(method, args, time.monotonic()))
         hold = None
         if method in self._holds and method not in self._claimed_holds:
             self._claimed_holds.add(method)
@@ -213,6 +269,12 @@ class FakeSlack:
         if hold is not None and hold[1]:
             await hold[0].wait()
         return response
+
+    def _record(self, call: Call) -> Call:
+        self.calls.append(call)
+        self._arrival.set()
+        self._arrival = asyncio.Event()
+        return call
 
     def _fault_response(self, call: Call, fault: _Fault) -> web.Response:
         if fault.status == 429:
@@ -250,12 +312,15 @@ class FakeSlack:
             )
             authorization = request.headers.get("Authorization", "")
             token = authorization.removeprefix("Bearer ") or args.pop("token", "")
+            app_level = method.startswith("apps.connections.")  # only app-level tokens
             try:
                 if handler is None:
                     raise SlackError("unknown_method")
                 if not token:
                     raise SlackError("not_authed")
-                if token != self.token:
+                if app_level != token.startswith("xapp-"):
+                    raise SlackError("not_allowed_token_type")
+                if token != (self.app_token if app_level else self.token):
                     raise SlackError("invalid_auth")
                 return web.json_response({"ok": True, **handler(args)})
             except SlackError as e:
@@ -280,6 +345,39 @@ class FakeSlack:
             return True
         recent.append(now)
         return False
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        ticket = request.query.get("ticket", "")
+        if ticket not in self._tickets:
+            return web.Response(status=401, text="invalid ticket")
+        ws = web.WebSocketResponse()  # answers the client's pings itself
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        self.socket_connected.set()
+        self._record(Call("socket", {"ticket": ticket}, time.monotonic()))
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": len(self._sockets),
+                "debug_info": {"host": "fake-slack", "approximate_connection_time": 3600},
+                "connection_info": {"app_id": "A0TEST"},
+            }
+        )
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                ack = json.loads(message.data)
+                if isinstance(ack, dict) and "envelope_id" in ack:
+                    self.socket_acks.append(ack)
+                    waiter = self._ack_waiters.get(str(ack["envelope_id"]))
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(ack)
+        finally:
+            self._sockets.remove(ws)
+            if not self._sockets:
+                self.socket_connected.clear()
+        return ws
 
     async def _upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
@@ -362,6 +460,11 @@ class FakeSlack:
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
+
+    def _apps_connections_open(self, args: Args) -> Args:
+        ticket = uuid.uuid4().hex
+        self._tickets.add(ticket)
+        return {"url": f"{self.url.replace('http://', 'ws://')}/socket?ticket={ticket}"}
 
     def _chat_postMessage(self, args: Args) -> Args:
         _require(args, "channel")
