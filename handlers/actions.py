@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import messages
 from bot.decisions import Decider
 from bot.store import Store
+from handlers.guard import guarded
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def _button(action: dict[str, Any]) -> tuple[str, int] | None:
 
 def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
     @app.action(messages.APPROVE)
+    @guarded
     async def approve(
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
     ) -> None:
@@ -47,6 +49,7 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
         await decider.decide(task_id, round_, body["user"]["id"], "AGREE", ephemeral(respond))
 
     @app.action(messages.REJECT)
+    @guarded
     async def reject(
         ack: AsyncAck,
         body: dict[str, Any],
@@ -81,5 +84,6 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
             await ephemeral(respond)("Slack did not open the form in time; click Reject again.")
 
     @app.action(messages.WATCH)
+    @guarded
     async def watch(ack: AsyncAck) -> None:
         await ack()  # a link button still sends a request that must be acknowledged

@@ -12,6 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot import messages
 from bot.intake import TrackRequest, describe_errors, track_task
 from bot.store import Store
+from handlers.guard import guarded
 
 # With should_escape on, Slack sends a channel as <#C0123|name>; typed by hand it is #name.
 _CHANNEL = re.compile(r"<#(?P<id>[A-Z0-9]+)(?:\|[^>]*)?>|#(?P<name>[A-Za-z0-9_.-]+)")
@@ -29,6 +30,7 @@ def parse_track(args: list[str], here: str) -> tuple[str, str, str | None]:
 
 def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> None:
     @app.command("/ivh")
+    @guarded
     async def ivh(ack: AsyncAck, command: dict[str, Any]) -> None:
         words = str(command.get("text", "")).split()
         verb = words[0].lower() if words else "help"

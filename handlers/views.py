@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import messages
 from bot.decisions import Decider, clean_reason, reason_problem
 from bot.store import Store
+from handlers.guard import guarded
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ CHECK_BUDGET = 2.0  # Slack closes the modal with an error after 3 s
 
 def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
     @app.view(messages.REJECT_VIEW)
+    @guarded
     async def reject_submitted(
         ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:

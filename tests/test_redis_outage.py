@@ -1,0 +1,59 @@
+"""While Redis is down users get a sentence, /healthz says 503, and everything resumes after."""
+
+from __future__ import annotations
+
+import json
+
+from bot.simulator import RunningSimulator
+from handlers.guard import UNAVAILABLE
+from tests.conftest import RedisProcess
+from tests.fake_slack import FakeSlack
+from tests.harness import run_bot
+
+
+async def test_redis_down_then_back(
+    sim: RunningSimulator, fake: FakeSlack, own_redis: RedisProcess
+):
+    async with run_bot(sim, fake, own_redis.url) as bot:
+        task = sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        approve = next(
+            e["value"]
+            for b in bot.parent(record).blocks
+            if b["type"] == "actions"
+            for e in b["elements"]
+            if e["action_id"] == "approve"
+        )
+
+        own_redis.stop()
+        health = await bot.http.get("/healthz")
+        assert health.status_code == 503 and health.json()["redis"] is False
+        intake = await bot.http.post(
+            "/tasks", json={"task_id": "t-2"}, headers={"Authorization": "Bearer intake-token"}
+        )
+        assert intake.status_code == 503 and "temporarily unavailable" in intake.json()["error"]
+        status = await bot.command(f"status {task.task_id}")
+        assert status.status_code == 200 and status.text == UNAVAILABLE
+        click = await bot.click("approve", approve)
+        assert click.status_code == 200
+        await bot.until(lambda: _said(fake, UNAVAILABLE))
+        assert not [r for r in sim.sim.requests if r["action"] == "customerconfirm"]
+
+        own_redis.start()  # same port, same append-only file: nothing acknowledged is lost
+
+        async def healthy() -> bool:
+            return (await bot.http.get("/healthz")).status_code == 200
+
+        await bot.until(healthy, within=20)
+        assert (await bot.record(task.task_id)).slack_ts == record.slack_ts
+        await bot.click("approve", approve)
+
+        async def approved() -> bool:
+            return "Approved by" in json.dumps(bot.parent(record).blocks)
+
+        await bot.until(approved, within=20)
+
+
+async def _said(fake: FakeSlack, text: str) -> bool:
+    return any(text == (e.text or "") for e in fake.ephemeral)
