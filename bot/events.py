@@ -115,9 +115,8 @@ def build_events(
 
 def operate_that_left(event: Event) -> str | None:
     """Which decision moves a task from WAIT_PROCESS to where `event` found it, if any."""
-    if event.status == "SUCCESS" or (
-        event.stage == "CONFIRM" and event.stage_status != "WAIT_PROCESS"
-    ):
+    delivering = event.status == "MAKING" and event.stage == "CONFIRM"
+    if event.status == "SUCCESS" or (delivering and event.stage_status != "WAIT_PROCESS"):
         return "AGREE"
     if event.status == "MAKING" and event.stage == "TRAIN":
         return "REJECT"

@@ -59,6 +59,8 @@ class Publisher:
         self._video_max_bytes = video_max_bytes
         self._consumer = consumer or consumer_name()
         self.running = False
+        self.reclaim_idle_ms = RECLAIM_IDLE_MS
+        self.settle_after = SETTLE_AFTER
 
     async def run(self) -> None:
         await self._store.ensure_group()
@@ -66,7 +68,7 @@ class Publisher:
         while True:
             stop_if_cancelled()
             try:
-                batch = await self._store.reclaim(self._consumer, RECLAIM_IDLE_MS, 10)
+                batch = await self._store.reclaim(self._consumer, self.reclaim_idle_ms, 10)
                 batch += await self._store.read_group(self._consumer, 10, BLOCK_MS)
             except RedisError as error:
                 log.warning("publisher: Redis unavailable (%s); retrying", error)
@@ -91,7 +93,7 @@ class Publisher:
             code = slack_error(error)
             if code not in FATAL_SLACK_ERRORS:
                 log.warning("event %s (%s): Slack %s; will retry", entry_id, event.task_id, code)
-                return  # unacknowledged: reclaimed and retried after RECLAIM_IDLE_MS
+                return  # unacknowledged: reclaimed and retried after reclaim_idle_ms
             log.error(
                 "event %s for task %s dropped: Slack answered %s", entry_id, event.task_id, code
             )
@@ -178,7 +180,7 @@ class Publisher:
             await self._thread.refresh(event.task_id)
             return
         claim = await self._store.current_claim(event.task_id, event.round)
-        if claim is not None and time.time() - claim.at < SETTLE_AFTER:
+        if claim is not None and time.time() - claim.at < self.settle_after:
             # Someone is deciding in Slack right now: their call may be what moved the task.
             raise RetryLater("a decision from Slack is in flight")
         if claim is not None and operate_that_left(event) == claim.operate:

@@ -1,0 +1,72 @@
+"""Rounds settled from Tencent's progress when the bot cannot know what its own call did."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bot.events import Event, EventType, operate_that_left
+from bot.store import Claim
+from tests.harness import Bot
+
+
+@pytest.mark.parametrize(
+    ("status", "stage", "stage_status", "operate"),
+    [
+        ("MAKING", "CONFIRM", "PROCESSING", "AGREE"),
+        ("SUCCESS", "END", "SUCCESS", "AGREE"),
+        ("MAKING", "TRAIN", "PROCESSING", "REJECT"),
+        ("FAIL", "CONFIRM", "FAIL", None),
+        ("MAKING", "AUDIT", "PROCESSING", None),
+    ],
+)
+def test_which_decision_moved_the_task(status, stage, stage_status, operate):
+    event = Event(
+        type=EventType.LEFT_CONFIRMATION,
+        task_id="t",
+        at=0,
+        status=status,
+        stage=stage,
+        stage_status=stage_status,
+    )
+    assert operate_that_left(event) == operate
+
+
+async def _posted_with_claim(bot: Bot, claim_age: float, operate: str = "REJECT"):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    task.train_seconds = task.deliver_seconds = 3600  # round 2 and delivery wait for the test
+    claim = Claim(
+        user="U0GONE", operate=operate, at=time.time() - claim_age, token="dead", reason="too dark"
+    )
+    assert await bot.store.claim(task.task_id, 1, claim, ttl=60) is None
+    return task, record
+
+
+async def test_a_dead_deciders_call_is_credited_to_them(bot: Bot):
+    """The decider sent REJECT and died before recording it: the progress tells the story."""
+    bot.runtime.slack.publisher.reclaim_idle_ms = 50
+    bot.runtime.slack.publisher.settle_after = 0.5
+    task, record = await _posted_with_claim(bot, claim_age=0)
+    bot.sim.sim.confirm(task.task_id, "REJECT", "too dark", source="api")
+
+    async def credited() -> bool:
+        return "Rejected by <@U0GONE>" in json.dumps(bot.parent(record).blocks)
+
+    await bot.until(credited)
+    decision = await bot.store.decision(task.task_id, 1)
+    assert decision is not None and decision.source == "slack" and decision.reason == "too dark"
+
+
+async def test_a_stale_claim_that_does_not_match_is_decided_elsewhere(bot: Bot):
+    bot.runtime.slack.publisher.settle_after = 0.0
+    task, record = await _posted_with_claim(bot, claim_age=100, operate="REJECT")
+    bot.sim.sim.confirm(task.task_id, "AGREE")  # the console approved instead
+
+    async def elsewhere() -> bool:
+        return "outside Slack" in json.dumps(bot.parent(record).blocks)
+
+    await bot.until(elsewhere)
