@@ -28,10 +28,12 @@ def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return kept | {"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings
 
 
-def start_bot(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    log = tmp_path / "bot.log"
+def start_bot(
+    tmp_path: Path, env: dict[str, str], command: str = "run"
+) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / f"{command}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "run"],
+        [sys.executable, "-m", "bot.cli", command],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -126,3 +128,41 @@ async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_pa
     text = log.read_text()
     assert "embedded" in text and "simulator" in text and "Traceback" not in text
     assert (tmp_path / "data" / "redis" / "appendonlydir").exists()  # the data stays
+
+
+async def test_demo_without_slack_seeds_a_simulated_task(tmp_path: Path):
+    port = free_port()
+    env = bot_env(tmp_path, PORT=str(port))
+    process, log = start_bot(tmp_path, env, "demo")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_for(lambda: healthy(url), within=30)
+
+        async def seeded() -> bool:
+            return "demo: tracking simulated task" in log.read_text()
+
+        await wait_for(seeded)
+        task_id = log.read_text().split("demo: tracking simulated task ")[1].split(";")[0]
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.get(
+                f"/tasks/{task_id}", headers={"Authorization": f"Bearer {INTAKE}"}
+            )
+        assert answer.json()["task"]["title"] == "Demo avatar (simulated)"
+    finally:
+        code = await stop(process)
+    assert code == 0
+    assert "SLACK_BOT_TOKEN, SLACK_APP_TOKEN and SLACK_CHANNEL" in log.read_text()
+
+
+def test_demo_with_partial_slack_settings_names_the_missing_one(tmp_path: Path):
+    env = bot_env(tmp_path, SLACK_BOT_TOKEN="xoxb-1", SLACK_SIGNING_SECRET="s")
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "SLACK_APP_TOKEN" in result.stderr and len(result.stderr.strip().splitlines()) == 1

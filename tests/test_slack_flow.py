@@ -325,3 +325,19 @@ async def test_a_timed_out_confirmation_is_settled_by_rereading_progress(
             await bot.until(agreed)
         decisions = [r for r in bot.sim.sim.requests if r["action"] == "customerconfirm"]
         assert len(decisions) == (1 if took_effect else 2)
+
+
+async def test_a_failed_task_is_posted_with_tencents_reason(bot: Bot):
+    task = bot.sim.sim.create_task(fail_at="TRAIN", fail_message="the source footage is too dark")
+    await bot.track(task.task_id, title="Night shoot")
+
+    async def failed() -> bool:
+        record = await bot.store.get(task.task_id)
+        return bool(record and record.slack_ts and await bot.published())
+
+    await bot.until(failed)
+    record = await bot.record(task.task_id)
+    parent = bot.parent(record)
+    assert "Failed" in json.dumps(parent.blocks) and "too dark" in json.dumps(parent.blocks)
+    assert button_values(parent) == {}
+    assert "too dark" in texts(bot.thread(record))
