@@ -13,10 +13,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.circuit import Circuit
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +220,14 @@ class IvhClient:
         limiter: Limiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        circuit: Circuit | None = None,
     ) -> None:
         self._appkey = appkey
         self._access_token = access_token
         self._retry = retry or RetryPolicy()
         self._limiter: Limiter = limiter or _NoLimit()
         self._clock = clock
+        self._circuit = circuit or Circuit("IVH")
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + ACTION_PATH,
             timeout=timeout,
@@ -282,7 +287,28 @@ class IvhClient:
         self, action: str, payload: dict[str, Any], *, confirm: bool = False
     ) -> _Answer:
         request_id = f"ivh-approvals-{uuid.uuid4().hex}"
+        if not self._circuit.allow():
+            raise IvhError(
+                None,
+                "IVH kept failing; calls are paused for a few seconds (circuit open)",
+                request_id,
+                transient=True,
+            )
         await self._limiter.acquire()
+        try:
+            answer = await self._send(action, payload, request_id, confirm=confirm)
+        except IvhError as error:
+            if error.transient:
+                self._circuit.failed()
+            else:
+                self._circuit.succeeded()  # a definite answer: IVH itself is up
+            raise
+        self._circuit.succeeded()
+        return answer
+
+    async def _send(
+        self, action: str, payload: dict[str, Any], request_id: str, *, confirm: bool
+    ) -> _Answer:
         params = signed_params(self._appkey, self._access_token, int(self._clock()))
         body = {"Header": {"RequestID": request_id}, "Payload": payload}
         try:
@@ -300,7 +326,7 @@ class IvhClient:
                 transient=True,
                 outcome_unknown=confirm,
             ) from None
-        return _parse(response, request_id, confirm=confirm)
+        return _parse(response, request_id, confirm=confirm, clock=self._clock)
 
 
 @dataclass(frozen=True)
@@ -309,7 +335,9 @@ class _Answer:
     request_id: str
 
 
-def _parse(response: httpx.Response, request_id: str, *, confirm: bool) -> _Answer:
+def _parse(
+    response: httpx.Response, request_id: str, *, confirm: bool, clock: Callable[[], float]
+) -> _Answer:
     try:
         envelope = response.json()
         header = envelope["Header"]
@@ -327,9 +355,21 @@ def _parse(response: httpx.Response, request_id: str, *, confirm: bool) -> _Answ
             transient=True,
             outcome_unknown=confirm,
         ) from None
+    if code == CODE_UNAUTHORIZED and (skew := _clock_skew(response, clock)) is not None:
+        message = f"{message} (this host's clock is {skew:+.0f} s off IVH's: check NTP)"
     if code != 0:
         raise error_for_code(code, message, request_id)
     return _Answer(body, request_id)
+
+
+def _clock_skew(response: httpx.Response, clock: Callable[[], float]) -> float | None:
+    """How far our clock is from the gateway's, when that could explain a refused signature."""
+    try:
+        theirs = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    skew = clock() - theirs
+    return skew if abs(skew) > 60 else None
 
 
 def _short(exc: BaseException) -> str:
