@@ -125,7 +125,13 @@ class Runtime:
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=not settings.socket_mode,
         )
-        handlers.register(bolt, store=self.store, decider=decider, on_track=self.poller.wake)
+        handlers.register(
+            bolt,
+            store=self.store,
+            decider=decider,
+            approvers=approvers,
+            on_track=self.poller.wake,
+        )
         return SlackSide(bolt, publisher, media)
 
     async def health(self) -> dict[str, bool]:

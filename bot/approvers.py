@@ -40,6 +40,11 @@ class Approvers:
             parts.append(f"<!subteam^{self._group}>")
         return ", ".join(parts) or "anyone"
 
+    def forget(self, group: str) -> None:
+        """Slack said the group's members changed: read them again on the next decision."""
+        if group == self._group:
+            self._fetched_at = None
+
     async def allows(self, user: str) -> bool:
         if self.anyone or user in self._users:
             return True

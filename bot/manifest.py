@@ -20,9 +20,12 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
         "should_escape": True,
     }
     interactivity: dict[str, Any] = {"is_enabled": True}
+    # Tells the bot when APPROVER_GROUP's members change, so its cache never lags.
+    events: dict[str, Any] = {"bot_events": ["subteam_members_changed"]}
     if not socket:
         command["url"] = request_url
         interactivity["request_url"] = request_url
+        events["request_url"] = request_url
     return {
         "display_information": {
             "name": name,
@@ -34,6 +37,7 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
         },
         "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
         "settings": {
+            "event_subscriptions": events,
             "interactivity": interactivity,
             "org_deploy_enabled": False,
             "socket_mode_enabled": socket,

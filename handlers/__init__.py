@@ -6,14 +6,21 @@ from collections.abc import Callable
 
 from slack_bolt.async_app import AsyncApp
 
+from bot.approvers import Approvers
 from bot.decisions import Decider
 from bot.store import Store
-from handlers import actions, commands, views
+from handlers import actions, commands, events, views
 
 
 def register(
-    app: AsyncApp, *, store: Store, decider: Decider, on_track: Callable[[], None]
+    app: AsyncApp,
+    *,
+    store: Store,
+    decider: Decider,
+    approvers: Approvers,
+    on_track: Callable[[], None],
 ) -> None:
+    events.register(app, approvers=approvers)
     actions.register(app, store=store, decider=decider)
     views.register(app, store=store, decider=decider)
     commands.register(app, store=store, on_track=on_track)
