@@ -135,17 +135,3 @@ def test_manifest_modes():
     assert http["settings"]["socket_mode_enabled"] is False
     assert http["settings"]["interactivity"]["request_url"] == "https://bot.example/slack/events"
     assert http["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
-
-
-async def test_a_group_change_event_refreshes_the_approver_cache(fake):
-    from bot.approvers import Approvers
-    from bot.slack import make_client
-
-    fake.groups["S0LEADS"] = ["U0OLD"]
-    approvers = Approvers([], "S0LEADS", make_client("xoxb-test-token", fake.api_url), ttl=3600)
-    assert await approvers.allows("U0OLD") and not await approvers.allows("U0NEW")
-    fake.groups["S0LEADS"] = ["U0NEW"]
-    assert await approvers.allows("U0OLD")  # cached
-    approvers.forget("S0LEADS")
-    assert await approvers.allows("U0NEW") and not await approvers.allows("U0OLD")
-    assert len(fake.calls_to("usergroups.users.list")) == 2
