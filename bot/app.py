@@ -13,10 +13,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
 import handlers
 from bot.approvers import Approvers
-from bot.config import Settings
+from bot.config import Settings, SettingsError
 from bot.decisions import Decider
 from bot.embedded import start_embedded
 from bot.ivh import IvhClient
@@ -165,10 +166,17 @@ class Runtime:
 async def _socket_mode(bolt: AsyncApp, app_token: str) -> contextlib.AsyncExitStack:
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-    stack = contextlib.AsyncExitStack()
     handler = AsyncSocketModeHandler(bolt, app_token)
-    await handler.connect_async()
+    stack = contextlib.AsyncExitStack()
     stack.push_async_callback(handler.close_async)
+    try:
+        # connect_async() retries every 10 s, forever, when apps.connections.open fails:
+        # fetch the URL once here so that a wrong app token stops the start-up.
+        handler.client.wss_uri = await handler.client.issue_new_wss_url()
+        await asyncio.wait_for(handler.connect_async(), timeout=30)
+    except BaseException:
+        await stack.aclose()
+        raise
     log.info("connected to Slack in Socket Mode")
     return stack
 
@@ -212,9 +220,16 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
             if settings.SLACK_APP_TOKEN is not None:
-                socket = await _socket_mode(
-                    runtime.slack.bolt, settings.SLACK_APP_TOKEN.get_secret_value()
-                )
+                try:
+                    socket = await _socket_mode(
+                        runtime.slack.bolt, settings.SLACK_APP_TOKEN.get_secret_value()
+                    )
+                except SlackApiError as error:
+                    code = error.response.get("error", "refused")
+                    raise SettingsError(
+                        f"configuration error: SLACK_APP_TOKEN: Slack answered {code}"
+                        " (an app-level token with connections:write is needed)"
+                    ) from None
                 stack.push_async_callback(socket.aclose)
         for loop in loops:
             loop.add_done_callback(lambda task: _stop_if_crashed(task, stop))

@@ -209,7 +209,7 @@ class FakeSlack:
             async with asyncio.timeout(within):
                 while not (open_ := [ws for ws in self._sockets if not ws.closed]):
                     await self.socket_connected.wait()
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0.01)  # set, but its connection is just closing
                 self.socket_envelopes.append(envelope)
                 await open_[-1].send_json(envelope)
                 return await waiter
