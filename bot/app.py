@@ -27,6 +27,7 @@ from bot.ratelimit import RedisRateLimiter
 from bot.simulator import Simulator, start
 from bot.slack import Thread, make_client
 from bot.store import Store, rate_key
+from bot.video import HostPolicy
 from bot.web import add_slack_route, make_web_app
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,16 @@ class Runtime:
         poller = Poller(store, ivh, interval=settings.POLL_INTERVAL, max_qps=settings.IVH_MAX_QPS)
         runtime = cls(settings, redis, store, ivh, poller)
         if settings.SLACK_BOT_TOKEN is not None:
-            runtime.slack = runtime._build_slack(settings.SLACK_BOT_TOKEN.get_secret_value())
+            video_hosts = settings.video_hosts
+            if up.simulator is not None:
+                # The built-in simulator serves its demo videos from loopback.
+                video_hosts = video_hosts.including(httpx.URL(up.ivh_base_url).host)
+            runtime.slack = runtime._build_slack(
+                settings.SLACK_BOT_TOKEN.get_secret_value(), video_hosts
+            )
         return runtime
 
-    def _build_slack(self, token: str) -> SlackSide:
+    def _build_slack(self, token: str, video_hosts: HostPolicy) -> SlackSide:
         settings = self.settings
         client = make_client(token, settings.SLACK_API_URL)
         thread = Thread(self.store, client, settings.SLACK_CHANNEL)
@@ -116,10 +123,21 @@ class Runtime:
         if approvers.anyone:
             log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
         decider = Decider(self.store, self.ivh, thread, approvers)
+        # Redirects are followed by bot.video, each hop re-checked; no proxies from the
+        # environment (they would bypass the pinned, checked address).
         media = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.VIDEO_TIMEOUT, connect=10.0), follow_redirects=True
+            timeout=httpx.Timeout(settings.VIDEO_TIMEOUT, connect=10.0),
+            follow_redirects=False,
+            trust_env=False,
         )
-        publisher = Publisher(self.store, thread, media, video_max_bytes=settings.VIDEO_MAX_BYTES)
+        publisher = Publisher(
+            self.store,
+            thread,
+            media,
+            video_hosts=video_hosts,
+            video_max_bytes=settings.VIDEO_MAX_BYTES,
+            video_time_limit=settings.VIDEO_TIMEOUT,
+        )
         secret = settings.SLACK_SIGNING_SECRET
         bolt = AsyncApp(
             client=client,

@@ -15,8 +15,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.video import HostPolicy
+
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+# Where IVH's media live: COS buckets (<bucket>.cos.<region>.myqcloud.com, also served as
+# <bucket>.cos.<region>.tencentcos.cn, CDN <bucket>.file.myqcloud.com) and IVH's own
+# resource hosts (videomaker-resources.ivh.qq.com).
+DEFAULT_VIDEO_HOSTS = ("*.myqcloud.com", "*.tencentcos.cn", "*.ivh.qq.com")
 
 
 class SettingsError(Exception):
@@ -58,6 +64,9 @@ class Settings(BaseSettings):
 
     VIDEO_MAX_BYTES: int = Field(default=300_000_000, gt=0)
     VIDEO_TIMEOUT: float = Field(default=120.0, gt=0, le=3600)
+    VIDEO_HOSTS: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_VIDEO_HOSTS)
+    )
 
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
@@ -76,6 +85,19 @@ class Settings(BaseSettings):
     @classmethod
     def _approvers(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("VIDEO_HOSTS", mode="before")
+    @classmethod
+    def _video_hosts_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("VIDEO_HOSTS")
+    @classmethod
+    def _video_hosts(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one host name or *.domain pattern")
+        HostPolicy.parse(value)  # its ValueError names the malformed entry
+        return value
 
     @field_validator("APPROVERS")
     @classmethod
@@ -155,6 +177,11 @@ class Settings(BaseSettings):
     @property
     def slack_configured(self) -> bool:
         return self.SLACK_BOT_TOKEN is not None
+
+    @property
+    def video_hosts(self) -> HostPolicy:
+        """VIDEO_HOSTS as the policy every demo-video download is checked against."""
+        return HostPolicy.parse(self.VIDEO_HOSTS)
 
     @property
     def socket_mode(self) -> bool:

@@ -20,7 +20,7 @@ from bot.events import Event, EventType, operate_that_left
 from bot.slack import Thread, slack_error
 from bot.state import Decision, Upload
 from bot.store import Store
-from bot.video import VideoError, copy_to_thread
+from bot.video import HostPolicy, VideoError, copy_to_thread
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,17 @@ class Publisher:
         thread: Thread,
         media: httpx.AsyncClient,
         *,
+        video_hosts: HostPolicy,
         video_max_bytes: int,
+        video_time_limit: float,
         consumer: str | None = None,
     ) -> None:
         self._store = store
         self._thread = thread
         self._media = media
+        self._video_hosts = video_hosts
         self._video_max_bytes = video_max_bytes
+        self._video_time_limit = video_time_limit
         self._consumer = consumer or consumer_name()
         self.running = False
         self.reclaim_idle_ms = RECLAIM_IDLE_MS
@@ -121,15 +125,9 @@ class Publisher:
 
     async def _awaiting(self, entry_id: str, event: Event) -> None:
         await self._store.save_demos(event.task_id, event.round, event.demo_urls)
-        record = await self._store.get(event.task_id)
-        if record is None:
+        record = await self._thread.show(event.task_id)
+        if record is None or record.slack_ts is None:
             return
-        if record.slack_ts is None:
-            record = await self._thread.ensure_parent(event.task_id)
-            if record is None:
-                return
-        else:
-            await self._thread.refresh(event.task_id)
         if event.round > 1 and await self._step(entry_id, "round"):
             loaded = await self._store.view(event.task_id)
             assert loaded is not None
@@ -159,6 +157,8 @@ class Publisher:
                     self._media,
                     url,
                     max_bytes=self._video_max_bytes,
+                    hosts=self._video_hosts,
+                    time_limit=self._video_time_limit,
                     filename=f"{task_id}-round{event.round}-{index}.mp4",
                     channel=record.slack_channel,
                     thread_ts=record.slack_ts,
@@ -191,15 +191,9 @@ class Publisher:
         await self._thread.announce(event.task_id, decision)
 
     async def _ended(self, entry_id: str, event: Event) -> None:
-        record = await self._store.get(event.task_id)
-        if record is None:
+        record = await self._thread.show(event.task_id)
+        if record is None or record.slack_ts is None:
             return
-        if record.slack_ts is None:
-            record = await self._thread.ensure_parent(event.task_id)
-            if record is None:
-                return
-        else:
-            await self._thread.refresh(event.task_id)
         loaded = await self._store.view(event.task_id)
         if loaded is not None and await self._step(entry_id, "reply"):
             await self._thread.reply(record, messages.ending_reply(loaded[1]), broadcast=False)

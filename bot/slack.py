@@ -75,6 +75,14 @@ class Thread:
         log.info("task %s: posted to %s at %s", task_id, posted_channel, ts)
         return await self.store.get(task_id)
 
+    async def show(self, task_id: str) -> TaskRecord | None:
+        """Post the parent message, or rebuild it if it exists; returns the updated record."""
+        record = await self.store.get(task_id)
+        if record is None or record.slack_ts is None:
+            return await self.ensure_parent(task_id)
+        await self.refresh(task_id)
+        return await self.store.get(task_id)
+
     async def refresh(self, task_id: str) -> None:
         """Rebuild the parent message from the task's current state."""
         loaded = await self.store.view(task_id)

@@ -1,49 +1,297 @@
-"""Copying a demo video into a Slack thread: a capped, streamed download, then Slack's upload."""
+"""Copying a demo video into a Slack thread: a guarded, capped download, then Slack's upload.
+
+Demo links come from Tencent's answers and are treated as untrusted: only http(s), only hosts
+that VIDEO_HOSTS allows, never a private, loopback or link-local address unless the host is
+listed by exact name, redirects followed by hand and checked again, a size cap, one deadline.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import re
+import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 CHUNK = 256 * 1024
+MAX_REDIRECTS = 3
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+_SHOWABLE = re.compile(r"[a-z0-9.:_-]{1,100}")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class VideoError(Exception):
     """The video could not be copied; the message says why in words for the thread."""
 
 
-async def download(http: httpx.AsyncClient, url: str, dest: Path, *, max_bytes: int) -> int:
-    """Stream `url` into `dest`; refuse anything over `max_bytes`. Returns the size."""
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise VideoError("the demo link is not an http(s) URL")
-    size = 0
+# --- which hosts and addresses -------------------------------------------------------------
+
+
+def _ip(host: str) -> IPAddress | None:
     try:
-        async with http.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise VideoError(f"the demo link answered HTTP {response.status_code}")
-            announced = response.headers.get("Content-Length")
-            if announced and announced.isdigit() and int(announced) > max_bytes:
-                raise VideoError(f"the video is larger than {max_bytes // 1_000_000} MB")
-            with dest.open("wb") as out:
-                async for chunk in response.aiter_bytes(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise VideoError(f"the video is larger than {max_bytes // 1_000_000} MB")
-                    await asyncio.to_thread(out.write, chunk)
-    except httpx.TimeoutException:
-        raise VideoError("downloading the video took too long") from None
-    except httpx.HTTPError as error:
-        raise VideoError(f"the video could not be downloaded ({type(error).__name__})") from None
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def normalize_host(host: str) -> str:
+    """Lower case, no trailing dot, no IPv6 brackets, IP addresses in their canonical form."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ip = _ip(host)
+    return str(ip) if ip is not None else host
+
+
+def _valid_name(host: str) -> bool:
+    labels = host.split(".")
+    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which hosts demo videos may come from: the VIDEO_HOSTS setting.
+
+    An entry is a host name or IP address, matched exactly, or `*.domain`, which matches every
+    name under `domain` but not `domain` itself. Only an exact entry lets a host resolve to a
+    private, loopback or link-local address: a wildcard never opens the internal network.
+    """
+
+    names: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: str | Iterable[str]) -> HostPolicy:
+        """Read a comma-separated string or a list of entries; ValueError names a bad one."""
+        if isinstance(entries, str):
+            entries = entries.split(",")
+        names: set[str] = set()
+        domains: set[str] = set()
+        for raw in entries:
+            entry = raw.strip()
+            if not entry:
+                continue
+            wildcard = entry.startswith("*.")
+            host = normalize_host(entry[2:] if wildcard else entry)
+            if wildcard and _valid_name(host) and _ip(host) is None:
+                domains.add(host)
+            elif not wildcard and (_ip(host) is not None or _valid_name(host)):
+                names.add(host)
+            else:
+                raise ValueError(
+                    f"expected host names, IP addresses or *.domain patterns, got {entry!r}"
+                )
+        return cls(frozenset(names), frozenset(domains))
+
+    def allows(self, host: str) -> bool:
+        host = normalize_host(host)
+        if host in self.names:
+            return True
+        if _ip(host) is not None:
+            return False  # an address only ever matches an exact entry
+        return any(host.endswith("." + domain) for domain in self.domains)
+
+    def explicit(self, host: str) -> bool:
+        """Listed by exact name or address: the only way to reach a non-public address."""
+        return normalize_host(host) in self.names
+
+    def including(self, host: str) -> HostPolicy:
+        """This policy plus one exact entry (the built-in simulator's host, for instance)."""
+        return HostPolicy(self.names | {normalize_host(host)}, self.domains)
+
+
+def is_public_address(address: str) -> bool:
+    """False for private, loopback, link-local, multicast, unspecified and reserved addresses.
+
+    IPv6 forms that embed an IPv4 address (mapped, 6to4, NAT64) are judged by that address too.
+    """
+    ip = _ip(address.split("%", 1)[0])
+    if ip is None:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+        if ip.is_site_local:
+            return False
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_private or ip.is_reserved or ip.is_loopback or ip.is_link_local
+    )
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, from the event loop's non-blocking getaddrinfo."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _shown(host: str) -> str:
+    """The host as it may appear in Slack: plain characters only, else a neutral word."""
+    return host if _SHOWABLE.fullmatch(host) else "its host"
+
+
+async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolver) -> list[str]:
+    """The addresses `url` may be fetched from, or VideoError saying why none may."""
+    if url.scheme not in ("http", "https"):
+        raise VideoError("the demo link is not an http(s) URL")
+    name = url.raw_host.decode("ascii")
+    if not name:
+        raise VideoError("the demo link has no host")
+    if not hosts.allows(name):
+        raise VideoError(f"the demo link's host {_shown(name)} is not allowed (VIDEO_HOSTS)")
+    literal = _ip(normalize_host(name))
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = await resolve(name, port)
+        except (OSError, UnicodeError):
+            addresses = []
+        if not addresses:
+            raise VideoError(f"the demo link's host {_shown(name)} could not be resolved")
+    if not hosts.explicit(name) and not all(is_public_address(a) for a in addresses):
+        raise VideoError(f"the demo link's host {_shown(name)} is a private or local address")
+    return addresses
+
+
+# --- the download --------------------------------------------------------------------------
+
+
+def _pinned(http: httpx.AsyncClient, url: httpx.URL, address: str) -> httpx.Request:
+    """A GET for `url` sent to the already checked `address`, so DNS cannot change in between.
+
+    The URL carries the address; the Host header and, for https, the TLS SNI and certificate
+    check keep the original name (the `sni_hostname` request extension of httpx/httpcore).
+    `Connection: close` keeps the connection out of the pool: the pool knows connections by
+    address, so a later request for another name there could reuse one verified for this name.
+    """
+    target = httpx.URL(scheme=url.scheme, host=address, port=url.port, raw_path=url.raw_path)
+    name = url.raw_host.decode("ascii")
+    extensions: dict[str, str] = {}
+    if url.scheme == "https" and _ip(normalize_host(name)) is None:
+        extensions["sni_hostname"] = name
+    headers = {
+        "Host": url.netloc.decode("ascii"),
+        "Accept-Encoding": "identity",
+        "Connection": "close",
+    }
+    return http.build_request("GET", target, headers=headers, extensions=extensions)
+
+
+@contextlib.asynccontextmanager
+async def _get(
+    http: httpx.AsyncClient, url: httpx.URL, addresses: list[str]
+) -> AsyncIterator[httpx.Response]:
+    """The streamed response from the first of `addresses` that accepts a connection."""
+    failure: httpx.ConnectError | None = None
+    for address in addresses:
+        try:
+            response = await http.send(
+                _pinned(http, url, address), stream=True, follow_redirects=False
+            )
+        except httpx.ConnectError as error:
+            failure = error
+            continue
+        try:
+            yield response
+        finally:
+            await response.aclose()
+        return
+    assert failure is not None
+    raise failure
+
+
+def _too_big(max_bytes: int) -> VideoError:
+    limit = f"{max_bytes // 1_000_000} MB" if max_bytes >= 1_000_000 else f"{max_bytes} bytes"
+    return VideoError(f"the video is larger than {limit}")
+
+
+async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> int:
+    if response.status_code != 200:
+        raise VideoError(f"the demo link answered HTTP {response.status_code}")
+    if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        # Decoding would let a small compressed body expand in memory; a video needs none.
+        raise VideoError("the demo link sent a compressed file instead of a video")
+    announced = response.headers.get("Content-Length", "").strip()
+    digits = announced.isascii() and announced.isdigit()
+    if digits and (len(announced) > 18 or int(announced) > max_bytes):
+        raise _too_big(max_bytes)
+    size = 0
+    with dest.open("wb") as out:
+        async for chunk in response.aiter_raw(CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_big(max_bytes)
+            await asyncio.to_thread(out.write, chunk)
     if size == 0:
         raise VideoError("the demo link returned an empty file")
     return size
+
+
+async def _fetch(
+    http: httpx.AsyncClient,
+    url: httpx.URL,
+    dest: Path,
+    max_bytes: int,
+    hosts: HostPolicy,
+    resolve: Resolver,
+) -> int:
+    for _hop in range(MAX_REDIRECTS + 1):
+        addresses = await _checked_addresses(url, hosts, resolve)
+        async with _get(http, url, addresses) as response:
+            if response.status_code not in REDIRECTS:
+                return await _save(response, dest, max_bytes)
+            location = response.headers.get("Location")
+            if not location:
+                raise VideoError(f"the demo link answered HTTP {response.status_code}")
+            url = url.join(location)
+    raise VideoError(f"the demo link redirected more than {MAX_REDIRECTS} times")
+
+
+async def download(
+    http: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    hosts: HostPolicy,
+    time_limit: float,
+    resolve: Resolver = resolve_host,
+) -> int:
+    """Stream `url` into `dest` within `time_limit` seconds in all; refuse more than `max_bytes`.
+
+    Every hop (the link and each redirect) must pass `hosts` and the address check. `http`
+    supplies the TLS settings and default headers; its redirect setting is not used.
+    Returns the size.
+    """
+    try:
+        async with asyncio.timeout(time_limit):
+            return await _fetch(http, httpx.URL(url), dest, max_bytes, hosts, resolve)
+    except (TimeoutError, httpx.TimeoutException):
+        raise VideoError(f"downloading the video took longer than {time_limit:g} s") from None
+    except httpx.InvalidURL:
+        raise VideoError("the demo link is not a valid URL") from None
+    except httpx.HTTPError as error:
+        raise VideoError(f"the video could not be downloaded ({type(error).__name__})") from None
+
+
+# --- the upload ----------------------------------------------------------------------------
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:
@@ -95,14 +343,25 @@ async def copy_to_thread(
     url: str,
     *,
     max_bytes: int,
+    hosts: HostPolicy,
+    time_limit: float,
     filename: str,
     channel: str,
     thread_ts: str,
     comment: str,
+    resolve: Resolver = resolve_host,
 ) -> str:
     with tempfile.TemporaryDirectory(prefix="ivh-video-") as folder:
         path = Path(folder) / "demo.mp4"
-        size = await download(http, url, path, max_bytes=max_bytes)
+        size = await download(
+            http,
+            url,
+            path,
+            max_bytes=max_bytes,
+            hosts=hosts,
+            time_limit=time_limit,
+            resolve=resolve,
+        )
         return await upload(
             client,
             http,

@@ -55,6 +55,7 @@ def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra
         "POLL_INTERVAL": 0.05,
         "REDIS_URL": redis_url,
         "INTAKE_TOKEN": INTAKE,
+        "VIDEO_HOSTS": "127.0.0.1",  # the simulator's demo videos, listed explicitly
     }
     return Settings(_env_file=None, **(values | extra))  # type: ignore[call-arg]
 
