@@ -122,7 +122,9 @@ class Runtime:
         approvers = Approvers(settings.APPROVERS, settings.APPROVER_GROUP, client)
         if approvers.anyone:
             log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
-        decider = Decider(self.store, self.ivh, thread, approvers)
+        decider = Decider(
+            self.store, self.ivh, thread, approvers, claim_ttl=settings.DECISION_CLAIM_SECONDS
+        )
         # Redirects are followed by bot.video, each hop re-checked; no proxies from the
         # environment (they would bypass the pinned, checked address).
         media = httpx.AsyncClient(
@@ -137,6 +139,8 @@ class Runtime:
             video_hosts=video_hosts,
             video_max_bytes=settings.VIDEO_MAX_BYTES,
             video_time_limit=settings.VIDEO_TIMEOUT,
+            reclaim_after=settings.EVENT_RECLAIM_SECONDS,
+            settle_after=settings.DECISION_SETTLE_SECONDS,
         )
         secret = settings.SLACK_SIGNING_SECRET
         bolt = AsyncApp(

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_VIDEO_HOSTS)
     )
 
+    # Recovery timings (see README, "Recovery rules"); the defaults suit production.
+    DECISION_CLAIM_SECONDS: float = Field(default=120.0, gt=0, le=3600)
+    DECISION_SETTLE_SECONDS: float = Field(default=30.0, ge=0, le=3600)
+    EVENT_RECLAIM_SECONDS: float = Field(default=60.0, gt=0, le=3600)
+
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
 

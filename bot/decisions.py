@@ -40,7 +40,16 @@ def reason_problem(text: str) -> str | None:
 
 
 class Decider:
-    def __init__(self, store: Store, ivh: IvhClient, thread: Thread, approvers: Approvers) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ivh: IvhClient,
+        thread: Thread,
+        approvers: Approvers,
+        *,
+        claim_ttl: float = CLAIM_TTL,
+    ) -> None:
+        self._claim_ttl = claim_ttl
         self._store = store
         self._ivh = ivh
         self._thread = thread
@@ -80,7 +89,7 @@ class Decider:
         claim = Claim(
             user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex, reason=reason
         )
-        holder = await self._store.claim(task_id, round_, claim, CLAIM_TTL)
+        holder = await self._store.claim(task_id, round_, claim, self._claim_ttl)
         if holder is not None:
             verb = "approved" if holder.operate == "AGREE" else "rejected"
             await notify(f"Already being {verb} by {messages.who(holder.user)}.")

@@ -53,6 +53,8 @@ class Publisher:
         video_hosts: HostPolicy,
         video_max_bytes: int,
         video_time_limit: float,
+        reclaim_after: float = RECLAIM_IDLE_MS / 1000,
+        settle_after: float = SETTLE_AFTER,
         consumer: str | None = None,
     ) -> None:
         self._store = store
@@ -63,8 +65,8 @@ class Publisher:
         self._video_time_limit = video_time_limit
         self._consumer = consumer or consumer_name()
         self.running = False
-        self.reclaim_idle_ms = RECLAIM_IDLE_MS
-        self.settle_after = SETTLE_AFTER
+        self.reclaim_idle_ms = int(reclaim_after * 1000)
+        self.settle_after = settle_after
 
     async def run(self) -> None:
         await self._store.ensure_group()
