@@ -24,6 +24,7 @@ from bot.ivh import IvhClient
 from bot.poller import Poller
 from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
+from bot.schedule import Schedule
 from bot.simulator import Simulator, start
 from bot.slack import Thread, make_client
 from bot.store import Store, rate_key
@@ -103,7 +104,18 @@ class Runtime:
             timeout=httpx.Timeout(settings.IVH_TIMEOUT, connect=min(5.0, settings.IVH_TIMEOUT)),
             limiter=limiter,
         )
-        poller = Poller(store, ivh, interval=settings.POLL_INTERVAL, max_qps=settings.IVH_MAX_QPS)
+        schedule = Schedule(
+            settings.POLL_INTERVAL, settings.POLL_SLOW_INTERVAL, settings.TRAIN_MIN_SECONDS
+        )
+        if up.simulator is not None:
+            schedule = Schedule(settings.POLL_INTERVAL)  # simulated stages last seconds
+        poller = Poller(
+            store,
+            ivh,
+            interval=settings.POLL_INTERVAL,
+            max_qps=settings.IVH_MAX_QPS,
+            schedule=schedule,
+        )
         runtime = cls(settings, redis, store, ivh, poller)
         if settings.SLACK_BOT_TOKEN is not None:
             video_hosts = settings.video_hosts

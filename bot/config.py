@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     IVH_TIMEOUT: float = Field(default=10.0, gt=0, le=120)
 
     POLL_INTERVAL: float = Field(default=30.0, gt=0, le=86_400)
+    POLL_SLOW_INTERVAL: float = Field(default=300.0, gt=0, le=86_400)
+    TRAIN_MIN_SECONDS: float = Field(default=0.0, ge=0, le=30 * 86_400)
     REDIS_URL: str | None = None
     DATA_DIR: str = ".data"
 

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from bot.aio import stop_if_cancelled
 from bot.events import Snapshot, build_events
 from bot.ivh import IvhClient, IvhError
+from bot.schedule import Schedule
 from bot.store import Store, TaskState
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ class Poller:
         *,
         interval: float,
         max_qps: float,
+        schedule: Schedule | None = None,
         lease: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._ivh = ivh
         self._interval = interval
+        self._schedule = schedule or Schedule(interval)
         self._lease = lease
         self._clock = clock
         # Enough requests in flight to fill the budget at a few seconds of latency, and no
@@ -133,9 +136,14 @@ class Poller:
         now = self._clock()
         snapshot = Snapshot.of(progress, previous_round=record.round)
         events = build_events(task_id, record.snapshot, snapshot, now)
-        next_poll = None if snapshot.finished else now + self._interval
+        same_stage = record.snapshot is not None and (
+            (record.snapshot.stage, record.snapshot.status) == (snapshot.stage, snapshot.status)
+        )
+        stage_since = record.stage_since if same_stage and record.stage_since else now
+        delay = self._schedule.delay(snapshot, stage_since, now)
+        next_poll = None if snapshot.finished else now + delay
         stored = await self._store.record_progress(
-            record, snapshot, events, now=now, next_poll=next_poll
+            record, snapshot, events, now=now, next_poll=next_poll, stage_since=stage_since
         )
         if not stored:
             log.info("poll %s: progress changed under us; another poller recorded it", task_id)

@@ -82,6 +82,7 @@ class TaskRecord(BaseModel):
     round: int = 0
     snapshot: Snapshot | None = None
     polled_at: float | None = None
+    stage_since: float | None = None  # when the poller first saw the current stage
     error: str = ""
     failures: int = 0
     slack_channel: str | None = None
@@ -132,14 +133,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'snapshot') or ''
 if current ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'snapshot', ARGV[2], 'round', ARGV[3], 'polled_at', ARGV[4],
-           'state', ARGV[5], 'error', '', 'failures', 0)
+           'state', ARGV[5], 'error', '', 'failures', 0, 'stage_since', ARGV[10])
 if ARGV[6] == '' then
   redis.call('ZREM', KEYS[4], ARGV[8])
 else
   redis.call('ZADD', KEYS[4], 'XX', ARGV[6], ARGV[8])
 end
 if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[7]) end
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   local event = cjson.decode(ARGV[i])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*',
              'type', event['type'], 'task_id', event['task_id'], 'event', ARGV[i])
@@ -335,6 +336,7 @@ class Store:
         *,
         now: float,
         next_poll: float | None,
+        stage_since: float | None = None,
     ) -> bool:
         """Store a new snapshot and append its events, if nobody changed it since `record`."""
         expected = record.snapshot.model_dump_json() if record.snapshot else ""
@@ -364,6 +366,7 @@ class Store:
                 entry,
                 record.task_id,
                 EVENTS_MAXLEN,
+                repr(now if stage_since is None else stage_since),
                 *(event.model_dump_json() for event in events),
             ],
         )

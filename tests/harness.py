@@ -53,6 +53,7 @@ def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra
         "IVH_MAX_QPS": 500,
         "IVH_TIMEOUT": 2,
         "POLL_INTERVAL": 0.05,
+        "POLL_SLOW_INTERVAL": 0.05,
         "REDIS_URL": redis_url,
         "INTAKE_TOKEN": INTAKE,
         "VIDEO_HOSTS": "127.0.0.1",  # the simulator's demo videos, listed explicitly

@@ -14,6 +14,7 @@ from bot.events import EventType
 from bot.ivh import IvhClient, RetryPolicy
 from bot.poller import Poller
 from bot.ratelimit import RedisRateLimiter
+from bot.schedule import Schedule
 from bot.sim_state import Fault
 from bot.simulator import RunningSimulator, Simulator, start
 from bot.store import Store, TaskState, rate_key
@@ -43,10 +44,15 @@ def ivh_client(sim: RunningSimulator, store: Store | None = None, qps: float = 0
 
 @contextlib.asynccontextmanager
 async def polling(
-    store: Store, sim: RunningSimulator, *, interval: float = 0.02, qps: float = 1000
+    store: Store,
+    sim: RunningSimulator,
+    *,
+    interval: float = 0.02,
+    qps: float = 1000,
+    schedule: Schedule | None = None,
 ) -> AsyncIterator[Poller]:
     async with ivh_client(sim, store, qps) as ivh:
-        poller = Poller(store, ivh, interval=interval, max_qps=qps)
+        poller = Poller(store, ivh, interval=interval, max_qps=qps, schedule=schedule)
         task = asyncio.create_task(poller.run())
         try:
             yield poller
