@@ -314,9 +314,7 @@ async def upload(
     """Slack's upload flow, streamed from disk: get a URL, send the bytes, share into the thread."""
     try:
         ticket = await client.files_getUploadURLExternal(filename=filename, length=size)
-        sent = await http.post(str(ticket["upload_url"]), content=_chunks(path))
-        if sent.status_code != 200:
-            raise VideoError(f"Slack refused the upload (HTTP {sent.status_code})")
+        await _send_bytes(http, str(ticket["upload_url"]), path)
         file_id = str(ticket["file_id"])
         await client.files_completeUploadExternal(
             files=[{"id": file_id, "title": filename}],
@@ -335,6 +333,22 @@ async def upload(
     except httpx.HTTPError as error:
         raise VideoError(f"sending the video to Slack failed ({type(error).__name__})") from None
     return file_id
+
+
+UPLOAD_ATTEMPTS = 4
+
+
+async def _send_bytes(http: httpx.AsyncClient, url: str, path: Path) -> None:
+    """POST the file to Slack's upload URL, waiting out 429s (Retry-After) and 5xx."""
+    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        sent = await http.post(url, content=_chunks(path))
+        if sent.status_code == 200:
+            return
+        retryable = sent.status_code == 429 or sent.status_code >= 500
+        if not retryable or attempt == UPLOAD_ATTEMPTS:
+            raise VideoError(f"Slack refused the upload (HTTP {sent.status_code})")
+        wait = sent.headers.get("Retry-After", "")
+        await asyncio.sleep(min(60, int(wait)) if wait.isdigit() else 2**attempt)
 
 
 async def copy_to_thread(

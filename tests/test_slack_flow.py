@@ -341,3 +341,14 @@ async def test_a_failed_task_is_posted_with_tencents_reason(bot: Bot):
     assert "Failed" in json.dumps(parent.blocks) and "too dark" in json.dumps(parent.blocks)
     assert button_values(parent) == {}
     assert "too dark" in texts(bot.thread(record))
+
+
+async def test_a_rate_limited_upload_is_retried(bot: Bot):
+    bot.fake.fail("upload", status=429, retry_after=1)
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    uploads = bot.fake.calls_to("upload")
+    assert [c.fault for c in uploads] == ["http_429", None]
+    [shared] = [m for m in bot.thread(record) if m.files]
+    assert bot.fake.uploads[shared.files[0]["id"]] == DEMO_MP4
