@@ -148,6 +148,8 @@ class Poller:
         if not stored:
             log.info("poll %s: progress changed under us; another poller recorded it", task_id)
             return
+        if snapshot.finished:
+            await self._store.retire(task_id)
         for event in events:
             log.info("task %s: %s (round %d)", task_id, event.type.value, event.round)
 

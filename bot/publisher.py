@@ -200,6 +200,7 @@ class Publisher:
         if loaded is not None and await self._step(entry_id, "reply"):
             await self._thread.reply(record, messages.ending_reply(loaded[1]), broadcast=False)
             await self._store.mark_step(entry_id, "reply")
+        await self._store.retire(event.task_id)
 
     async def _unknown(self, entry_id: str, event: Event) -> None:
         record = await self._store.get(event.task_id)

@@ -18,6 +18,8 @@ PREFIX = "ivh:"
 EVENTS_STREAM = PREFIX + "events"
 SCHEDULE = PREFIX + "schedule"  # sorted set: task id -> when it is next due for a poll
 EVENTS_MAXLEN = 100_000
+HISTORY_MAX = 500  # entries kept per task; the oldest go first
+RETENTION = 30 * 24 * 3600  # a finished or unknown task's keys live this long after it ends
 
 
 def task_key(task_id: str) -> str:
@@ -108,6 +110,8 @@ if not state then
   return 1
 end
 if state == 'unknown' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[3])
   redis.call('HSET', KEYS[1], 'state', 'active', 'error', '')
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
   redis.call('RPUSH', KEYS[3], ARGV[6])
@@ -146,8 +150,9 @@ for i = 11, #ARGV do
              'type', event['type'], 'task_id', event['task_id'], 'event', ARGV[i])
   redis.call('RPUSH', KEYS[3], ARGV[i])
 end
+redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
-"""
+""".replace("HISTORY_MAX", str(HISTORY_MAX))
 
 
 # Delete a claim only if it still carries our token.
@@ -213,6 +218,13 @@ class Store:
         if permalink:
             fields["slack_permalink"] = permalink
         await self.redis.hset(task_key(task_id), mapping=fields)
+
+    async def retire(self, task_id: str, after: float = RETENTION) -> None:
+        """The task's story is over: let all its keys expire after `after` seconds."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in _task_keys(task_id):
+                pipe.expire(key, int(after))
+            await pipe.execute()
 
     async def clear_slack_message(self, task_id: str) -> None:
         await self.redis.hdel(task_key(task_id), "slack_channel", "slack_ts", "slack_permalink")
@@ -383,6 +395,8 @@ class Store:
             pipe.zrem(SCHEDULE, record.task_id)
             pipe.rpush(history_key(record.task_id), _history_entry("unknown", now, message=message))
             pipe.xadd(EVENTS_STREAM, _stream_fields(event), maxlen=EVENTS_MAXLEN)
+            for key in (task_key(record.task_id), history_key(record.task_id)):
+                pipe.expire(key, RETENTION)
             await pipe.execute()
 
     async def record_failure(self, task_id: str, message: str, now: float, retry_at: float) -> int:
@@ -402,6 +416,16 @@ class Store:
     async def wait_for_events(self, after: str, block_ms: int = 5000) -> None:
         """Return when an event newer than `after` exists, or after `block_ms`."""
         await self.redis.xread({EVENTS_STREAM: after}, count=1, block=block_ms)
+
+
+def _task_keys(task_id: str) -> tuple[str, ...]:
+    return (
+        task_key(task_id),
+        history_key(task_id),
+        decisions_key(task_id),
+        uploads_key(task_id),
+        demos_key(task_id),
+    )
 
 
 def _stream_fields(event: Event) -> dict[str, str]:

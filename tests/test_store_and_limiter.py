@@ -78,3 +78,26 @@ async def test_rate_limiter_spaces_requests_across_clients(redis):
     for i, first in enumerate(stamps):
         in_window = sum(1 for t in stamps[i:] if t - first < 1.0)
         assert in_window <= rate + 1
+
+
+async def test_history_is_trimmed_to_its_cap(store: Store):
+    from bot.store import HISTORY_MAX, history_key
+
+    await store.track("t-1", channel=None, title=None, tracked_by="cli")
+    for i in range(HISTORY_MAX + 50):
+        record = await store.get("t-1")
+        assert record is not None
+        stage = TRAINING if i % 2 else WAITING
+        await store.record_progress(record, stage, [], now=float(i), next_poll=float(i + 1))
+    assert await store.redis.llen(history_key("t-1")) == HISTORY_MAX
+
+
+async def test_a_finished_task_is_retired_after_the_retention(store: Store):
+    from bot.store import RETENTION, task_key
+
+    await store.track("t-1", channel=None, title=None, tracked_by="cli")
+    await store.retire("t-1")
+    ttl = await store.redis.ttl(task_key("t-1"))
+    assert RETENTION - 5 < ttl <= RETENTION
+    _, started = await store.track("t-1", channel=None, title=None, tracked_by="cli")
+    assert not started  # still known while it lives
