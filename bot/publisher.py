@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead publisher
 SETTLE_AFTER = 30.0  # a Slack claim this old while the task moved on: its holder died
 BLOCK_MS = 2_000
+MAX_ATTEMPTS = 20  # an event that failed this often is dropped with an error
 # Slack errors that no retry will fix: the event is dropped with an error in the log.
 FATAL_SLACK_ERRORS = frozenset(
     {"channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive"}
@@ -75,7 +76,8 @@ class Publisher:
             stop_if_cancelled()
             try:
                 batch = await self._store.reclaim(self._consumer, self.reclaim_idle_ms, 10)
-                batch += await self._store.read_group(self._consumer, 10, BLOCK_MS)
+                block = max(100, min(BLOCK_MS, self.reclaim_idle_ms))
+                batch += await self._store.read_group(self._consumer, 10, block)
             except RedisError as error:
                 log.warning("publisher: Redis unavailable (%s); retrying", error)
                 self.running = False
@@ -90,6 +92,32 @@ class Publisher:
 
     async def process(self, entry_id: str, event: Event) -> None:
         """Handle one event; acknowledge it when done or when retrying cannot help."""
+        attempts = await self._store.count_attempt(entry_id)
+        if attempts > MAX_ATTEMPTS:
+            log.error(
+                "event %s for task %s dropped after %d attempts (see the errors above)",
+                entry_id,
+                event.task_id,
+                MAX_ATTEMPTS,
+            )
+            await self._store.ack(entry_id)
+            return
+        # A long upload must not look abandoned: keep the event claimed while working on it.
+        heartbeat = asyncio.create_task(self._keep_claimed(entry_id))
+        try:
+            await self._process(entry_id, event)
+        finally:
+            heartbeat.cancel()
+
+    async def _keep_claimed(self, entry_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.reclaim_idle_ms / 3000)
+            try:
+                await self._store.keep_claimed(entry_id, self._consumer)
+            except RedisError as error:
+                log.warning("event %s: cannot renew its claim: %s", entry_id, error)
+
+    async def _process(self, entry_id: str, event: Event) -> None:
         try:
             await self.handle(entry_id, event)
         except RetryLater as reason:

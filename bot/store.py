@@ -315,6 +315,25 @@ class Store:
             pipe.delete(steps_key(entry_id))
             await pipe.execute()
 
+    async def count_attempt(self, entry_id: str) -> int:
+        """One more try at handling an event; returns how many there have been."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(steps_key(entry_id), "attempts", 1)
+            pipe.expire(steps_key(entry_id), STEPS_TTL)
+            attempts, _ = await pipe.execute()
+        return int(attempts)
+
+    async def keep_claimed(self, entry_id: str, consumer: str) -> None:
+        """Reset the event's idle time so that no other publisher reclaims it."""
+        await self.redis.xclaim(
+            EVENTS_STREAM,
+            PUBLISHERS,
+            consumer,
+            min_idle_time=0,
+            message_ids=[entry_id],
+            justid=True,
+        )
+
     async def step_done(self, entry_id: str, step: str) -> str | None:
         raw = await self.redis.hget(steps_key(entry_id), step)
         return None if raw is None else _text(raw)

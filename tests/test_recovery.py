@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -70,3 +71,23 @@ async def test_a_stale_claim_that_does_not_match_is_decided_elsewhere(bot: Bot):
         return "outside Slack" in json.dumps(bot.parent(record).blocks)
 
     await bot.until(elsewhere)
+
+
+async def test_a_slow_upload_is_not_taken_over_by_another_publisher(sim, fake, redis_url):
+    """Two replicas; one upload stays in flight for five reclaim timeouts."""
+    from tests.harness import run_bot
+
+    fast = {"EVENT_RECLAIM_SECONDS": 0.3}
+    async with run_bot(sim, fake, redis_url, **fast) as one, run_bot(sim, fake, redis_url, **fast):
+        fake.hold("upload")
+        task = sim.sim.create_task()
+        await one.track(task.task_id)
+        await fake.wait_for("upload")
+        # What is checked is that nothing happens while the bytes are in flight: the
+        # other replica must not reclaim the event and upload again. Time has to pass.
+        await asyncio.sleep(1.5)
+        assert len(fake.calls_to("files.getUploadURLExternal")) == 1
+        fake.release("upload")
+        record = await one.posted(task.task_id)
+        assert len([m for m in one.thread(record) if m.files]) == 1
+        assert len(fake.calls_to("files.getUploadURLExternal")) == 1
