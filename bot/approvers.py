@@ -50,17 +50,17 @@ class Approvers:
             return True
         if self._group is None:
             return False
-        return user in await self._group_members()
+        return user in await self._group_members(self._group)
 
-    async def _group_members(self) -> frozenset[str]:
+    async def _group_members(self, group: str) -> frozenset[str]:
         now = self._clock()
         if self._fetched_at is not None and now - self._fetched_at < self._ttl:
             return self._members
         try:
-            answer = await self._client.usergroups_users_list(usergroup=self._group)
+            answer = await self._client.usergroups_users_list(usergroup=group)
         except SlackApiError as error:
             # Fail closed, but keep a recent list rather than lock everyone out at once.
-            log.error("cannot read approver group %s: %s", self._group, error.response.get("error"))
+            log.error("cannot read approver group %s: %s", group, error.response.get("error"))
             if self._fetched_at is not None and now - self._fetched_at < 10 * self._ttl:
                 return self._members
             return frozenset()

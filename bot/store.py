@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from bot.events import Event, EventType, Snapshot
 from bot.state import Decision, TaskView, Upload, view_of
@@ -214,7 +215,7 @@ class Store:
     async def set_slack_message(
         self, task_id: str, channel: str, ts: str, permalink: str | None = None
     ) -> None:
-        fields = {"slack_channel": channel, "slack_ts": ts}
+        fields: dict[FieldT, EncodableT] = {"slack_channel": channel, "slack_ts": ts}
         if permalink:
             fields["slack_permalink"] = permalink
         await self.redis.hset(task_key(task_id), mapping=fields)
@@ -297,7 +298,7 @@ class Store:
                 raise
 
     async def read_group(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, Event]]:
-        answer = await self.redis.xreadgroup(
+        answer: Any = await self.redis.xreadgroup(
             PUBLISHERS, consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
         )
         return [(_text(i), _event(f)) for _, entries in answer or [] for i, f in entries]
@@ -429,7 +430,7 @@ class Store:
     # --- events --------------------------------------------------------------------------
 
     async def events(self, start: str = "-", count: int | None = None) -> list[tuple[str, Event]]:
-        entries = await self.redis.xrange(EVENTS_STREAM, min=start, count=count)
+        entries: Any = await self.redis.xrange(EVENTS_STREAM, min=start, count=count)
         return [(_text(entry_id), _event(fields)) for entry_id, fields in entries]
 
     async def wait_for_events(self, after: str, block_ms: int = 5000) -> None:
@@ -447,7 +448,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
     )
 
 
-def _stream_fields(event: Event) -> dict[str, str]:
+def _stream_fields(event: Event) -> dict[FieldT, EncodableT]:
     return {"type": event.type.value, "task_id": event.task_id, "event": event.model_dump_json()}
 
 
