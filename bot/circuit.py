@@ -53,6 +53,10 @@ class Circuit:
         self._open_until = None
         self._trial = False
 
+    def abandoned(self) -> None:
+        """A call ended without a verdict (cancelled): let the next one be the trial."""
+        self._trial = False
+
     def failed(self) -> None:
         self._failures += 1
         if self._trial:

@@ -156,7 +156,7 @@ class Progress(BaseModel):
         if value is None or value == "":
             return None
         if isinstance(value, str):
-            value = json.loads(value)  # a ValueError here makes the response malformed
+            value = _strict_json(value)  # a ValueError here makes the response malformed
         if isinstance(value, dict) and "CustomerConfirmContent" in value:
             # The docs' example is the bare object; the field table names it
             # CustomerConfirmContent. Accept both shapes.
@@ -253,7 +253,7 @@ class IvhClient:
                 payload = await self._call(GET_PROGRESS, {"TaskId": task_id})
                 try:
                     return Progress.model_validate(payload.body)
-                except (ValidationError, ValueError) as exc:
+                except (ValidationError, ValueError, RecursionError) as exc:
                     raise IvhError(
                         None,
                         f"malformed getprogress payload: {_short(exc)}",
@@ -303,6 +303,9 @@ class IvhClient:
             else:
                 self._circuit.succeeded()  # a definite answer: IVH itself is up
             raise
+        except BaseException:
+            self._circuit.abandoned()  # cancelled or a bug: no verdict on IVH
+            raise
         self._circuit.succeeded()
         return answer
 
@@ -339,7 +342,7 @@ def _parse(
     response: httpx.Response, request_id: str, *, confirm: bool, clock: Callable[[], float]
 ) -> _Answer:
     try:
-        envelope = response.json()
+        envelope = _strict_json(response.content)
         header = envelope["Header"]
         code = int(header["Code"])
         message = str(header.get("Message") or "")
@@ -347,7 +350,7 @@ def _parse(
         body = envelope.get("Payload") or {}
         if not isinstance(body, dict):
             raise TypeError("Payload is not an object")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
         raise IvhError(
             None,
             f"HTTP {response.status_code} with a body that is not an IVH envelope",
@@ -360,6 +363,18 @@ def _parse(
     if code != 0:
         raise error_for_code(code, message, request_id)
     return _Answer(body, request_id)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(raw: str | bytes) -> Any:
+    """Parse an answer as strict JSON: no NaN or Infinity, no unpaired surrogates, so that
+    whatever is kept from it can be stored and compared again."""
+    value = json.loads(raw, parse_constant=_refuse_constant)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: a ValueError
+    return value
 
 
 def _clock_skew(response: httpx.Response, clock: Callable[[], float]) -> float | None:
