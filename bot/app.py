@@ -186,8 +186,9 @@ class Runtime:
             health=self.health,
             on_track=self.poller.wake,
         )
-        if self.slack is not None and not self.settings.socket_mode:
-            add_slack_route(app, self.slack.bolt)
+        secret = self.settings.SLACK_SIGNING_SECRET
+        if self.slack is not None and not self.settings.socket_mode and secret is not None:
+            add_slack_route(app, self.slack.bolt, secret.get_secret_value())
         return app
 
     async def aclose(self) -> None:

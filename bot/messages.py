@@ -48,6 +48,8 @@ def button_value(task_id: str, round_: int) -> str:
 
 def parse_button_value(value: str) -> tuple[str, int]:
     """Untrusted input: the caller still checks it against the stored state."""
+    if len(value) > 512:  # a real value is a task id and a round
+        raise ValueError("button value too long")
     data = json.loads(value)
     task_id, round_ = data["task"], data["round"]
     if not isinstance(task_id, str) or not isinstance(round_, int) or isinstance(round_, bool):

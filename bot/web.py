@@ -11,15 +11,18 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from bot.intake import TrackRequest, check_task_id, describe_errors, track_task
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # POST /tasks
+MAX_SLACK_BODY = 1024 * 1024  # interaction payloads carry whole messages and views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,9 +58,14 @@ async def redis_unavailable(request: web.Request, handler: Handler) -> web.Strea
 async def post_task(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _error(401, "missing or wrong bearer token (INTAKE_TOKEN)")
+    if (request.content_length or 0) > MAX_BODY:
+        return _error(413, f"body larger than {MAX_BODY} bytes")
+    raw = await request.read()  # bounded by the app's client_max_size when chunked
+    if len(raw) > MAX_BODY:
+        return _error(413, f"body larger than {MAX_BODY} bytes")
     try:
-        body = await request.json(loads=json.loads)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
         return _error(400, 'body must be JSON: {"task_id": "...", "channel"?, "title"?}')
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object with a task_id")
@@ -95,11 +103,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(checks, status=200 if all(checks.values()) else 503)
 
 
-def add_slack_route(app: web.Application, bolt: AsyncApp) -> None:
+def add_slack_route(app: web.Application, bolt: AsyncApp, signing_secret: str) -> None:
     """Slack's one Request URL (HTTP mode): events, commands and interactivity."""
+    verifier = SignatureVerifier(signing_secret)
 
     async def slack_events(request: web.Request) -> web.Response:
-        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+        raw = await request.read()
+        # Check the signature before parsing anything: a forged or replayed request,
+        # malformed or not, gets 401 and costs no work.
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        try:
+            valid = verifier.is_valid(raw, timestamp, signature)
+        except ValueError:  # a timestamp that is not a number, a body that is not UTF-8
+            valid = False
+        if not valid:
+            return _error(401, "invalid signature or stale request")
+        try:
+            bolt_request = AsyncBoltRequest(
+                body=raw.decode("utf-8"),
+                query=request.query_string,
+                headers=dict(request.headers),
+            )
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            log.warning("a signed Slack request could not be parsed; refused")
+            return _error(400, "malformed request")
+        return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
 
     app.router.add_post("/slack/events", slack_events)
 
@@ -111,7 +140,7 @@ def make_web_app(
     health: Callable[[], Awaitable[dict[str, bool]]],
     on_track: Callable[[], None] = lambda: None,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[redis_unavailable])
+    app = web.Application(client_max_size=MAX_SLACK_BODY, middlewares=[redis_unavailable])
     app[STORE] = store
     app[INTAKE_TOKEN] = intake_token
     app[HEALTH] = health

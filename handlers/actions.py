@@ -14,6 +14,7 @@ from bot import messages
 from bot.decisions import Decider
 from bot.store import Store
 from handlers.guard import guarded
+from handlers.untrusted import user_of
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,10 @@ QUICK_CHECK = 1.0  # seconds the Reject click may spend checking before the moda
 
 def ephemeral(respond: AsyncRespond) -> Any:
     async def notify(text: str) -> None:
-        await respond(text=text, response_type="ephemeral", replace_original=False)
+        try:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+        except ValueError as error:  # no response_url in the payload
+            log.warning("cannot answer the click: %s", error)
 
     return notify
 
@@ -41,12 +45,12 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
     ) -> None:
         await ack()
-        target = _button(action)
-        if target is None:
+        target, user = _button(action), user_of(body)
+        if target is None or user is None:
             await ephemeral(respond)("That button is not valid any more.")
             return
         task_id, round_ = target
-        await decider.decide(task_id, round_, body["user"]["id"], "AGREE", ephemeral(respond))
+        await decider.decide(task_id, round_, user, "AGREE", ephemeral(respond))
 
     @app.action(messages.REJECT)
     @guarded
@@ -58,12 +62,12 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        target = _button(action)
-        if target is None:
+        target, user = _button(action), user_of(body)
+        trigger = body.get("trigger_id")
+        if target is None or user is None or not isinstance(trigger, str):
             await ephemeral(respond)("That button is not valid any more.")
             return
         task_id, round_ = target
-        user = body["user"]["id"]
         try:
             refusal = await asyncio.wait_for(
                 decider.refusal(task_id, round_, user), timeout=QUICK_CHECK
@@ -77,7 +81,7 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
         title = record.title if record else None
         try:
             await client.views_open(
-                trigger_id=body["trigger_id"], view=messages.reject_modal(task_id, round_, title)
+                trigger_id=trigger, view=messages.reject_modal(task_id, round_, title)
             )
         except SlackApiError as error:
             log.warning("reject modal for %s not opened: %s", task_id, error.response.get("error"))

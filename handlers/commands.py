@@ -13,6 +13,7 @@ from bot import messages
 from bot.intake import TrackRequest, describe_errors, track_task
 from bot.store import Store
 from handlers.guard import guarded
+from handlers.untrusted import text_of, user_of
 
 # With should_escape on, Slack sends a channel as <#C0123|name>; typed by hand it is #name.
 _CHANNEL = re.compile(r"<#(?P<id>[A-Z0-9]+)(?:\|[^>]*)?>|#(?P<name>[A-Za-z0-9_.-]+)")
@@ -32,9 +33,11 @@ def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> No
     @app.command("/ivh")
     @guarded
     async def ivh(ack: AsyncAck, command: dict[str, Any]) -> None:
-        words = str(command.get("text", "")).split()
+        words = text_of(command.get("text")).split()
         verb = words[0].lower() if words else "help"
-        if verb == "track" and len(words) >= 2:
+        if verb == "track" and len(words) >= 2 and user_of(command, "user_id") is None:
+            await ack(text="Not tracked: Slack did not say who you are.")
+        elif verb == "track" and len(words) >= 2:
             await ack(text=await _track(store, on_track, words[1:], command))
         elif verb == "status" and len(words) == 2:
             await ack(text=await _status(store, words[1]))
@@ -45,12 +48,13 @@ def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> No
 async def _track(
     store: Store, on_track: Callable[[], None], args: list[str], command: dict[str, Any]
 ) -> str:
-    task_id, channel, title = parse_track(args, str(command.get("channel_id", "")))
+    task_id, channel, title = parse_track(args, text_of(command.get("channel_id")))
     try:
         request = TrackRequest(task_id=task_id, channel=channel, title=title)
     except ValidationError as error:
         return f"Not tracked: {describe_errors(error)}"
-    record, started = await track_task(store, request, tracked_by=str(command["user_id"]))
+    user = user_of(command, "user_id") or "someone"
+    record, started = await track_task(store, request, tracked_by=user)
     if started:
         on_track()
         where = record.channel or channel

@@ -14,6 +14,7 @@ from bot import messages
 from bot.decisions import Decider, clean_reason, reason_problem
 from bot.store import Store
 from handlers.guard import guarded
+from handlers.untrusted import text_of, user_of
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,20 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
     async def reject_submitted(
         ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
-        user = body["user"]["id"]
+        user = user_of(body)
         try:
-            raw = view["state"]["values"][messages.REASON_BLOCK][messages.REASON_INPUT]["value"]
-            task_id, round_ = messages.parse_button_value(view["private_metadata"])
-        except (KeyError, TypeError, ValueError):
+            if user is None:
+                raise ValueError("no user")
+            field = view["state"]["values"][messages.REASON_BLOCK][messages.REASON_INPUT]
+            raw = text_of(field.get("value"))
+            task_id, round_ = messages.parse_button_value(text_of(view["private_metadata"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
             await ack(
                 response_action="errors",
                 errors={messages.REASON_BLOCK: "This form is no longer valid; close it."},
             )
             return
-        problem = reason_problem(raw or "")
+        problem = reason_problem(raw)
         if problem is None:
             try:
                 problem = await asyncio.wait_for(
