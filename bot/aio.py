@@ -14,3 +14,7 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class LoopCrashed(Exception):
+    """A background loop died; the process must exit non-zero so that it is restarted."""

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import httpx
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 import handlers
+from bot.aio import LoopCrashed
 from bot.approvers import Approvers
 from bot.config import Settings, SettingsError
 from bot.decisions import Decider
@@ -94,7 +95,12 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, up: Upstreams) -> Runtime:
-        redis = Redis.from_url(up.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        # A blocking pool: a burst waits for a free connection instead of failing with
+        # "Too many connections" (redis-py's default pool raises).
+        pool = BlockingConnectionPool.from_url(
+            up.redis_url, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=5
+        )
+        redis = Redis(connection_pool=pool)
         store = Store(redis)
         limiter = RedisRateLimiter(redis, rate_key("ivh"), settings.IVH_MAX_QPS)
         ivh = IvhClient(
@@ -216,9 +222,10 @@ async def _socket_mode(bolt: AsyncApp, app_token: str) -> contextlib.AsyncExitSt
     return stack
 
 
-def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event, crashed: list[str]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.critical("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+        crashed.append(task.get_name())
         stop.set()
 
 
@@ -266,8 +273,9 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
                         " (an app-level token with connections:write is needed)"
                     ) from None
                 stack.push_async_callback(socket.aclose)
+        crashed: list[str] = []
         for loop in loops:
-            loop.add_done_callback(lambda task: _stop_if_crashed(task, stop))
+            loop.add_done_callback(lambda task: _stop_if_crashed(task, stop, crashed))
         if demo and up.simulator is not None:
             task_id = await seed_demo(runtime.store, up.simulator)
             runtime.poller.wake()
@@ -281,4 +289,6 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+    if crashed:
+        raise LoopCrashed(", ".join(crashed))
     log.info("stopped")

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.aio import LoopCrashed
 from bot.config import Settings, SettingsError, load_settings
 
 log = logging.getLogger("ivh_approvals")
@@ -206,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RedisError as error:
         print(f"error: Redis unavailable: {error}", file=sys.stderr)
+        return 1
+    except LoopCrashed as error:
+        print(f"error: {error} stopped unexpectedly (see the log)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

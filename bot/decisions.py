@@ -94,6 +94,13 @@ class Decider:
             verb = "approved" if holder.operate == "AGREE" else "rejected"
             await notify(f"Already being {verb} by {messages.who(holder.user)}.")
             return
+        # Checked again now that the round is ours: a decision recorded between the first
+        # check and the claim (by another replica) closes it.
+        refusal = await self.refusal(task_id, round_, user)
+        if refusal:
+            await self._store.release(task_id, round_, claim.token)
+            await notify(refusal)
+            return
         outcome = _Outcome(keep_claim=False)
         try:
             outcome = await self._send(task_id, round_, claim)

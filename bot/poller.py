@@ -43,9 +43,9 @@ class Poller:
         self._schedule = schedule or Schedule(interval)
         self._lease = lease
         self._clock = clock
-        # Enough requests in flight to fill the budget at a few seconds of latency, and no
-        # more: claimed tasks beyond that would only sit on their lease.
-        self._concurrency = max(4, min(512, math.ceil(max_qps * 4)))
+        # Enough requests in flight to fill the budget at about a second of latency, and no
+        # more: claimed tasks beyond that would only sit on their lease (and the Redis pool).
+        self._concurrency = max(4, min(64, math.ceil(max_qps * 1.5)))
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.last_loop: float | None = None

@@ -70,17 +70,21 @@ class Publisher:
         self.settle_after = settle_after
 
     async def run(self) -> None:
-        await self._store.ensure_group()
-        self.running = True
+        group_ready = False
         while True:
             stop_if_cancelled()
             try:
+                if not group_ready:
+                    # Also after Redis came back empty (no AOF, failover): NOGROUP otherwise.
+                    await self._store.ensure_group()
+                    group_ready = self.running = True
                 batch = await self._store.reclaim(self._consumer, self.reclaim_idle_ms, 10)
                 block = max(100, min(BLOCK_MS, self.reclaim_idle_ms))
                 batch += await self._store.read_group(self._consumer, 10, block)
             except RedisError as error:
                 log.warning("publisher: Redis unavailable (%s); retrying", error)
                 self.running = False
+                group_ready = group_ready and "NOGROUP" not in str(error)
                 await asyncio.sleep(2)
                 continue
             self.running = True
