@@ -6,7 +6,8 @@ Starts a private redis-server (or the embedded valkey-server), the IVH simulator
 Slack Web API in this process, and `--replicas` real `python -m bot.cli run` processes sharing
 that Redis (everything on 127.0.0.1). Each simulated task gets a plan (0-3 rejections, then an
 approval); simulated users wait for a round's buttons in Slack and click Approve, or Reject and
-fill in the form, on a random replica, sometimes several users at once. Meanwhile a random
+fill in the form, on a random replica, sometimes several users at once (now and then one of
+them rejecting what the others approve). Meanwhile a random
 replica is SIGKILLed every few seconds and restarted, Redis is restarted once (same port, AOF),
 and IVH and Slack answer some requests with errors and timeouts. A user whose click shows no
 outcome clicks again, as a person would. Then everything settles and the figures are printed;
@@ -735,7 +736,7 @@ class Chaos:
             if other.ts != record.slack_ts and phase != "WAIT" and live_round(other):
                 problems["messages disagreeing"].append(
                     f"{story.task_id}: a second message {other.ts} still has live buttons (a"
-                    " post repeated after a kill between chat.postMessage and recording its ts?)"
+                    " post redone: a kill or a Redis failure between posting and recording it)"
                 )
 
     def _missing_replies(self, records: dict[str, Any]) -> list[str]:
