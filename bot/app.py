@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import httpx
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -96,9 +98,16 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, up: Upstreams) -> Runtime:
         # A blocking pool: a burst waits for a free connection instead of failing with
-        # "Too many connections" (redis-py's default pool raises).
+        # "Too many connections" (redis-py's default pool raises). A command that meets a
+        # connection Redis closed (it restarted) is sent again on a new one: retried, with
+        # backoff, instead of failing once per pooled connection.
         pool = BlockingConnectionPool.from_url(
-            up.redis_url, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=5
+            up.redis_url,
+            max_connections=64,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
         )
         redis = Redis(connection_pool=pool)
         store = Store(redis)

@@ -12,7 +12,7 @@ from typing import Literal
 from bot import messages
 from bot.approvers import Approvers
 from bot.ivh import REASON_MAX, IvhClient, IvhError
-from bot.slack import Thread
+from bot.slack import Busy, Thread
 from bot.state import Decision, Phase
 from bot.store import Claim, Store
 
@@ -129,7 +129,11 @@ class Decider:
 
     async def record(self, task_id: str, round_: int, claim: Claim, request_id: str) -> None:
         """Record what the claim's holder decided, then show it in the message and thread."""
-        await self._thread.announce(task_id, decision_from(claim, round_, request_id))
+        try:
+            await self._thread.announce(task_id, decision_from(claim, round_, request_id))
+        except Busy as busy:
+            # Recorded; another process is showing it, and the publisher finishes the rest.
+            log.info("task %s round %d: %s", task_id, round_, busy)
 
     async def _after_error(
         self, task_id: str, round_: int, claim: Claim, error: IvhError

@@ -47,6 +47,9 @@ class Poller:
         # more: claimed tasks beyond that would only sit on their lease (and the Redis pool).
         self._concurrency = max(4, min(64, math.ceil(max_qps * 1.5)))
         self._inflight: set[asyncio.Task[None]] = set()
+        # Leased tasks whose poll Redis cut short: made due again as soon as Redis answers,
+        # rather than sitting out their lease.
+        self._stranded: set[str] = set()
         self._wake = asyncio.Event()
         self.last_loop: float | None = None
 
@@ -65,6 +68,7 @@ class Poller:
                 self.last_loop = time.monotonic()
                 self._wake.clear()
                 try:
+                    await self._rescue_stranded()
                     await self._start_due()
                     wait = await self._idle_time()
                 except RedisError as error:
@@ -76,6 +80,16 @@ class Poller:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _rescue_stranded(self) -> None:
+        if self._stranded:
+            stranded, self._stranded = self._stranded, set()
+            try:
+                await self._store.make_due(stranded, self._clock())
+            except RedisError:
+                self._stranded |= stranded
+                raise
+            log.info("poller: Redis is back; %d interrupted polls due again", len(stranded))
 
     async def _start_due(self) -> None:
         free = self._concurrency - len(self._inflight)
@@ -110,7 +124,10 @@ class Poller:
         except asyncio.CancelledError:
             raise
         except RedisError as error:
-            log.warning("poll %s: Redis unavailable (%s); its lease will expire", task_id, error)
+            log.warning(
+                "poll %s: Redis unavailable (%s); polled again once it is back", task_id, error
+            )
+            self._stranded.add(task_id)
         except Exception:
             # A bug or an answer nobody foresaw: log it and try again later.
             log.exception("poll %s: unexpected error; retrying in %.0fs", task_id, self._interval)

@@ -17,7 +17,7 @@ from bot import messages
 from bot.aio import stop_if_cancelled
 from bot.decisions import decision_from
 from bot.events import Event, EventType, operate_that_left
-from bot.slack import Thread, slack_error
+from bot.slack import Busy, Thread, slack_error
 from bot.state import Decision, Upload
 from bot.store import Store
 from bot.video import HostPolicy, VideoError, copy_to_thread
@@ -94,17 +94,22 @@ class Publisher:
                 except RedisError as error:
                     log.warning("event %s: Redis unavailable (%s); will retry", entry_id, error)
 
-    async def process(self, entry_id: str, event: Event) -> None:
+    async def process(self, entry_id: str, event: Event | None) -> None:
         """Handle one event; acknowledge it when done or when retrying cannot help."""
         attempts = await self._store.count_attempt(entry_id)
+        task = event.task_id if event else "?"
         if attempts > MAX_ATTEMPTS:
             log.error(
                 "event %s for task %s dropped after %d attempts (see the errors above)",
                 entry_id,
-                event.task_id,
+                task,
                 MAX_ATTEMPTS,
             )
             await self._store.ack(entry_id)
+            return
+        if event is None:
+            # Left pending, not acknowledged: in a rolling upgrade a newer replica reads it.
+            log.warning("event %s: this version cannot read it; left for a newer one", entry_id)
             return
         # A long upload must not look abandoned: keep the event claimed while working on it.
         heartbeat = asyncio.create_task(self._keep_claimed(entry_id))
@@ -117,14 +122,16 @@ class Publisher:
         while True:
             await asyncio.sleep(self.reclaim_idle_ms / 3000)
             try:
-                await self._store.keep_claimed(entry_id, self._consumer)
+                if not await self._store.keep_claimed(entry_id, self._consumer):
+                    log.warning("event %s: taken over by another publisher", entry_id)
+                    return
             except RedisError as error:
                 log.warning("event %s: cannot renew its claim: %s", entry_id, error)
 
     async def _process(self, entry_id: str, event: Event) -> None:
         try:
             await self.handle(entry_id, event)
-        except RetryLater as reason:
+        except (RetryLater, Busy) as reason:
             log.info("event %s for task %s: %s; later", entry_id, event.task_id, reason)
             return
         except SlackApiError as error:
@@ -158,6 +165,16 @@ class Publisher:
         return await self._store.step_done(entry_id, step) is None
 
     async def _awaiting(self, entry_id: str, event: Event) -> None:
+        # The previous round ended in a REJECT, perhaps unseen (retraining took less than a
+        # poll interval, or polls were missed): it is settled here, as on left_confirmation.
+        previous = event.round - 1
+        unsettled = (
+            previous >= 1
+            and await self._store.demos(event.task_id, previous) is not None
+            and not await self._store.decision_replied(event.task_id, previous)
+        )
+        if unsettled:
+            unsettled = not await self._settle(event.task_id, previous, "REJECT", event.at)
         await self._store.save_demos(event.task_id, event.round, event.demo_urls)
         record = await self._thread.show(event.task_id)
         if record is None or record.slack_ts is None:
@@ -171,6 +188,8 @@ class Publisher:
             await self._copy_videos(entry_id, event)
             await self._store.mark_step(entry_id, "upload")
             await self._thread.refresh(event.task_id)
+        if unsettled and not await self._settle(event.task_id, previous, "REJECT", event.at):
+            raise RetryLater(f"a decision on round {previous} from Slack is in flight")
 
     async def _copy_videos(self, entry_id: str, event: Event) -> None:
         task_id = event.task_id
@@ -210,19 +229,24 @@ class Publisher:
             await self._thread.reply(record, messages.upload_failed_reply(event.round, error))
 
     async def _left(self, entry_id: str, event: Event) -> None:
-        if await self._store.decision(event.task_id, event.round) is not None:
-            await self._thread.refresh(event.task_id)
-            return
-        claim = await self._store.current_claim(event.task_id, event.round)
-        if claim is not None and time.time() - claim.at < self.settle_after:
-            # Someone is deciding in Slack right now: their call may be what moved the task.
+        if not await self._settle(event.task_id, event.round, operate_that_left(event), event.at):
             raise RetryLater("a decision from Slack is in flight")
-        if claim is not None and operate_that_left(event) == claim.operate:
-            # The decider died after its call took effect: the progress says what it sent.
-            decision = decision_from(claim, event.round)
-        else:
-            decision = Decision(round=event.round, operate=None, at=event.at, source="elsewhere")
-        await self._thread.announce(event.task_id, decision)
+
+    async def _settle(self, task_id: str, round_: int, moved_by: str | None, at: float) -> bool:
+        """Tencent closed `round_`: make sure it is recorded, shown and told in the thread.
+        False while a decision from Slack may still be on its way (its decider records it)."""
+        decision = await self._store.decision(task_id, round_)
+        if decision is None:
+            claim = await self._store.current_claim(task_id, round_)
+            if claim is not None and time.time() - claim.at < self.settle_after:
+                return False  # someone is deciding in Slack: their call may be what moved it
+            if claim is not None and moved_by == claim.operate:
+                # The decider died after its call took effect: the progress says what it sent.
+                decision = decision_from(claim, round_)
+            else:
+                decision = Decision(round=round_, operate=None, at=at, source="elsewhere")
+        await self._thread.announce(task_id, decision)
+        return True
 
     async def _ended(self, entry_id: str, event: Event) -> None:
         record = await self._thread.show(event.task_id)

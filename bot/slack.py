@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -18,6 +20,14 @@ from bot.state import Decision
 from bot.store import Store, TaskRecord
 
 log = logging.getLogger(__name__)
+
+# How long one process may hold the right to post a task's message or a reply. Longer than a
+# post takes, 429s waited out included; a process that dies holding it delays the post this long.
+POST_LOCK_SECONDS = 120.0
+
+
+class Busy(Exception):
+    """Another process is doing this Slack step right now; try again later."""
 
 
 def make_client(token: str, base_url: str, timeout: int = 30) -> AsyncWebClient:
@@ -50,30 +60,48 @@ class Thread:
         return record.channel or self.default_channel
 
     async def ensure_parent(self, task_id: str) -> TaskRecord | None:
-        """Post the parent message if there is none yet; returns the record with its ts."""
-        loaded = await self.store.view(task_id)
-        if loaded is None:
-            return None
-        record, view = loaded
-        if record.slack_ts:
+        """Post the parent message if there is none yet; returns the record with its ts.
+
+        One process at a time posts it (two events of a task can be handled at once by two
+        replicas); the other gets Busy and comes back later to find the message there."""
+        record = await self.store.get(task_id)
+        if record is None or record.slack_ts:
             return record
         channel = self.channel_for(record)
         if channel is None:
             log.error("task %s: no channel (set SLACK_CHANNEL or track with a channel)", task_id)
             return None
-        answer = await self.client.chat_postMessage(
-            channel=channel, unfurl_links=False, unfurl_media=False, **messages.task_message(view)
-        )
-        posted_channel, ts = str(answer["channel"]), str(answer["ts"])
-        permalink = None
+        async with self._exclusive(f"parent:{task_id}", "its message is being posted"):
+            loaded = await self.store.view(task_id)
+            if loaded is None or loaded[0].slack_ts:
+                return loaded[0] if loaded else None
+            answer = await self.client.chat_postMessage(
+                channel=channel,
+                unfurl_links=False,
+                unfurl_media=False,
+                **messages.task_message(loaded[1]),
+            )
+            posted_channel, ts = str(answer["channel"]), str(answer["ts"])
+            # Saved before anything else can fail: a message posted and not saved is posted twice.
+            await self.store.set_slack_message(task_id, posted_channel, ts)
+        log.info("task %s: posted to %s at %s", task_id, posted_channel, ts)
         try:
             link = await self.client.chat_getPermalink(channel=posted_channel, message_ts=ts)
-            permalink = str(link["permalink"])
+            await self.store.set_slack_message(task_id, posted_channel, ts, str(link["permalink"]))
         except SlackApiError as error:
             log.warning("task %s: no permalink: %s", task_id, slack_error(error))
-        await self.store.set_slack_message(task_id, posted_channel, ts, permalink)
-        log.info("task %s: posted to %s at %s", task_id, posted_channel, ts)
         return await self.store.get(task_id)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, name: str, doing: str) -> AsyncIterator[None]:
+        """Hold the Redis lock `name` while posting; Busy when another process holds it."""
+        token = await self.store.lock(name, POST_LOCK_SECONDS)
+        if token is None:
+            raise Busy(f"{name}: {doing} by another process")
+        try:
+            yield
+        finally:
+            await self.store.unlock(name, token)
 
     async def show(self, task_id: str) -> TaskRecord | None:
         """Post the parent message, or rebuild it if it exists; returns the updated record."""
@@ -103,21 +131,32 @@ class Thread:
             await self.ensure_parent(task_id)
 
     async def announce(self, task_id: str, decision: Decision) -> bool:
-        """Record a round's decision; if it is the first, show it in the message and thread."""
-        if not await self.store.save_decision(task_id, decision):
-            return False
+        """Record a round's decision (the first recorded stands), show it in the message and
+        reply in the thread once. Called again after a crash, it finishes what is missing."""
+        first = await self.store.save_decision(task_id, decision)
         await self.refresh(task_id)
-        record = await self.store.get(task_id)
-        if record is not None:
-            await self.reply(record, messages.decision_reply(decision))
-        return True
+        if await self.store.decision_replied(task_id, decision.round):
+            return first
+        async with self._exclusive(
+            f"reply:{task_id}:{decision.round}", "its decision is being told"
+        ):
+            record = await self.store.get(task_id)
+            stored = await self.store.decision(task_id, decision.round)
+            if record is None or stored is None:
+                return first
+            if await self.store.decision_replied(task_id, decision.round):
+                return first
+            ts = await self.reply(record, messages.decision_reply(stored))
+            await self.store.mark_decision_replied(task_id, decision.round, ts or "")
+        return first
 
     async def reply(
         self, record: TaskRecord, payload: dict[str, Any], *, broadcast: bool = False
-    ) -> None:
+    ) -> str | None:
+        """Reply in the task's thread; the reply's ts, or None when there is no message."""
         if not (record.slack_channel and record.slack_ts):
-            return
-        await self.client.chat_postMessage(
+            return None
+        answer = await self.client.chat_postMessage(
             channel=record.slack_channel,
             thread_ts=record.slack_ts,
             reply_broadcast=broadcast,
@@ -125,3 +164,4 @@ class Thread:
             unfurl_media=False,
             **payload,
         )
+        return str(answer["ts"])

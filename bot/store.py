@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
@@ -53,6 +54,14 @@ def claim_key(task_id: str, round_: int) -> str:
 
 def steps_key(entry_id: str) -> str:
     return f"{PREFIX}steps:{entry_id}"  # which steps of handling one event are done
+
+
+def replies_key(task_id: str) -> str:
+    return f"{PREFIX}replies:{task_id}"  # hash: round -> ts of its decision's thread reply
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}lock:{name}"  # one process at a time does this Slack step
 
 
 PUBLISHERS = "publishers"  # the consumer group on EVENTS_STREAM
@@ -156,7 +165,15 @@ return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
 
 
-# Delete a claim only if it still carries our token.
+# Renew a pending event's claim, only while `consumer` still owns it.
+_KEEP_CLAIMED = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+# Delete a claim or a lock only if it still carries our token.
 _RELEASE = """
 local raw = redis.call('GET', KEYS[1])
 if raw and cjson.decode(raw)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -173,6 +190,7 @@ class Store:
         self._claim_due = redis.register_script(_CLAIM_DUE)
         self._record = redis.register_script(_RECORD)
         self._release = redis.register_script(_RELEASE)
+        self._keep_claimed = redis.register_script(_KEEP_CLAIMED)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -270,6 +288,28 @@ class Store:
             await self.append_history(task_id, "decision", **decision.model_dump())
         return bool(first)
 
+    async def decision_replied(self, task_id: str, round_: int) -> bool:
+        return bool(await self.redis.hexists(replies_key(task_id), str(round_)))
+
+    async def mark_decision_replied(self, task_id: str, round_: int, ts: str) -> None:
+        await self.redis.hset(replies_key(task_id), str(round_), ts)
+
+    async def demos(self, task_id: str, round_: int) -> list[str] | None:
+        """The demo links the bot showed for a round; None when it never saw the round."""
+        raw = await self.redis.hget(demos_key(task_id), str(round_))
+        return json.loads(raw) if raw else None
+
+    async def lock(self, name: str, ttl: float) -> str | None:
+        """Take the lock `name` for `ttl` seconds: its token, or None when someone holds it."""
+        token = uuid.uuid4().hex
+        held = await self.redis.set(
+            lock_key(name), json.dumps({"token": token}), nx=True, px=int(ttl * 1000)
+        )
+        return token if held else None
+
+    async def unlock(self, name: str, token: str) -> None:
+        await self._release(keys=[lock_key(name)], args=[token])
+
     async def claim(self, task_id: str, round_: int, claim: Claim, ttl: float) -> Claim | None:
         """Take the right to decide a round: None when we got it, else the holder's claim."""
         key = claim_key(task_id, round_)
@@ -297,18 +337,22 @@ class Store:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def read_group(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, Event]]:
+    async def read_group(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, Event | None]]:
         answer: Any = await self.redis.xreadgroup(
             PUBLISHERS, consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
         )
-        return [(_text(i), _event(f)) for _, entries in answer or [] for i, f in entries]
+        return [(_text(i), _readable(f)) for _, entries in answer or [] for i, f in entries]
 
-    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[tuple[str, Event]]:
+    async def reclaim(
+        self, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, Event | None]]:
         """Take over events another publisher read but never acknowledged (it died)."""
         answer = await self.redis.xautoclaim(
             EVENTS_STREAM, PUBLISHERS, consumer, min_idle_time=min_idle_ms, count=count
         )
-        return [(_text(i), _event(f)) for i, f in answer[1] if f]
+        return [(_text(i), _readable(f)) for i, f in answer[1] if f]
 
     async def ack(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -324,15 +368,11 @@ class Store:
             attempts, _ = await pipe.execute()
         return int(attempts)
 
-    async def keep_claimed(self, entry_id: str, consumer: str) -> None:
-        """Reset the event's idle time so that no other publisher reclaims it."""
-        await self.redis.xclaim(
-            EVENTS_STREAM,
-            PUBLISHERS,
-            consumer,
-            min_idle_time=0,
-            message_ids=[entry_id],
-            justid=True,
+    async def keep_claimed(self, entry_id: str, consumer: str) -> bool:
+        """Reset the event's idle time so that no other publisher reclaims it; False when
+        another publisher has taken it over already (this one was too slow to say so)."""
+        return bool(
+            await self._keep_claimed(keys=[EVENTS_STREAM], args=[PUBLISHERS, consumer, entry_id])
         )
 
     async def step_done(self, entry_id: str, step: str) -> str | None:
@@ -356,6 +396,11 @@ class Store:
     async def next_due(self) -> float | None:
         first = await self.redis.zrange(SCHEDULE, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+    async def make_due(self, task_ids: set[str], at: float) -> None:
+        """Tasks still tracked among `task_ids` are due at `at`."""
+        if task_ids:
+            await self.redis.zadd(SCHEDULE, dict.fromkeys(task_ids, at), xx=True)
 
     async def reschedule(self, task_id: str, at: float) -> None:
         await self.redis.zadd(SCHEDULE, {task_id: at}, xx=True)
@@ -445,6 +490,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         decisions_key(task_id),
         uploads_key(task_id),
         demos_key(task_id),
+        replies_key(task_id),
     )
 
 
@@ -454,6 +500,15 @@ def _stream_fields(event: Event) -> dict[FieldT, EncodableT]:
 
 def _event(fields: dict[Any, Any]) -> Event:
     return Event.model_validate_json(_decode(fields)["event"])
+
+
+def _readable(fields: dict[Any, Any]) -> Event | None:
+    """The event in a stream entry; None when this version cannot read it (a newer one wrote
+    it during a rolling upgrade, or it is damaged)."""
+    try:
+        return _event(fields)
+    except (KeyError, ValueError, ValidationError):
+        return None
 
 
 def _history_entry(kind: str, at: float, **fields: Any) -> str:

@@ -29,7 +29,7 @@ from bot.store import EVENTS_STREAM, claim_key
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values, until
 from tests.conftest import RedisProcess
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, Message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,8 +111,14 @@ async def test_clicks_spread_over_three_replicas_send_one_decision(cluster: Make
             [said] = c.answers(key)
             assert "Already being approved" in said or "round is closed" in said, said
     await until(lambda: "Approved by" in blocks_text(c.parent_of(record)), 10, "message")
-    replies = [m for m in c.thread_of(record) if "approved" in m.text]
-    assert len(replies) == 1 and f"<@{decision.user}>" in blocks_text(replies[0])
+
+    def replies() -> list[Message]:
+        return [m for m in c.thread_of(record) if "approved" in m.text]
+
+    await until(lambda: bool(replies()), 10, "the approval told in the thread")
+    await until(c.published, 10, "every event handled")
+    [reply] = replies()
+    assert f"<@{decision.user}>" in blocks_text(reply)
 
 
 # --- polling: one poller per task, one QPS budget for all -----------------------------------
@@ -409,12 +415,6 @@ async def test_a_slow_click_cannot_decide_a_round_that_was_decided_meanwhile(
     assert len(c.confirms(task.task_id)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Thread.ensure_parent is not exclusive across replicas; two events of one task"
-    " handled at once by two publishers (e.g. the demo event while its post is slow, and the"
-    " task's next events) both find no slack_ts and both post a parent message",
-)
 async def test_two_events_of_one_task_on_two_replicas_post_one_message(cluster: MakeCluster):
     """Rule: one message per task (each event handled once is not enough). The first post is
     slow (held here; in production a 429 with Retry-After); meanwhile the task is approved in
@@ -450,14 +450,6 @@ async def test_a_redis_that_comes_back_empty_is_used_again(cluster: MakeCluster)
     await c.wait_posted(task.task_id, within=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a Redis restart, polls fail and each failed poll leaves its task leased"
-    " for the full 2-minute poll lease ('its lease will expire'); failures come from polls in"
-    " flight during the outage and, after Redis answers again, from stale pooled connections"
-    " (bot/app.py builds the client with no retry and no health check: the first command on"
-    " each old connection fails with 'Connection closed by server')",
-)
 async def test_after_a_redis_restart_every_task_is_polled_again_promptly(
     cluster: MakeCluster, own_redis: RedisProcess
 ):
@@ -497,14 +489,6 @@ async def test_a_replica_started_while_redis_is_down_waits_for_it(
     await until(replica.healthy, 10, "healthy once Redis is back", every=0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an event this version cannot parse (e.g. a type added by a newer version"
-    " during a rolling upgrade) raises in Store.read_group / Store.reclaim, outside"
-    " Publisher.process and its MAX_ATTEMPTS drop: the publisher loop crashes and the process"
-    " exits (status 0); after EVENT_RECLAIM_SECONDS the next replica reclaims the same entry"
-    " and exits too, so one entry stops every replica, over and over",
-)
 async def test_an_event_this_version_cannot_read_does_not_stop_the_replicas(
     cluster: MakeCluster,
 ):
@@ -520,13 +504,6 @@ async def test_an_event_this_version_cannot_read_does_not_stop_the_replicas(
         assert replica.alive, f"{replica.name} exited with status {replica.process.returncode}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Thread.announce saves the decision, rebuilds the message, then replies in the"
-    " thread; a process killed between the save and the reply loses the reply for good, since"
-    " Publisher._left, seeing a recorded decision, only rebuilds the message (2 to 4 times in"
-    " each chaos-bench run)",
-)
 async def test_a_decider_killed_after_recording_still_gets_its_thread_reply(
     cluster: MakeCluster,
 ):
@@ -556,15 +533,6 @@ async def test_a_decider_killed_after_recording_still_gets_its_thread_reply(
     assert any("Round 1 approved" in m.text for m in c.thread_of(record))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a round that Tencent decided but the bot did not record is settled only on a"
-    " left_confirmation event (Publisher._left). When the poller next finds the task already"
-    " waiting in the next round (a round_changed event: retraining shorter than a poll"
-    " interval, or polls missed during a 2-min lease after a kill or an IVH outage),"
-    " Publisher._awaiting settles nothing: the dead decider's REJECT is never recorded nor shown"
-    " (nor is a console REJECT shown as 'decided outside Slack'). The chaos bench hit it",
-)
 async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
     cluster: MakeCluster,
 ):
@@ -594,6 +562,15 @@ async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
         return bool(loaded and loaded[1].round == 2 and loaded[1].upload is not None)
 
     await until(round_two_shown, 10, "round 2 posted", detail=c.tails)
-    await asyncio.sleep(2)  # a settle + reclaim period
+
+    async def round_one_recorded() -> bool:
+        return await c.store.decision(task.task_id, 1) is not None
+
+    await until(round_one_recorded, 10, "round 1 settled (after a settle + reclaim period)")
     decision = await c.store.decision(task.task_id, 1)
     assert decision is not None and decision.user == "U0ANA", decision
+
+    def told() -> bool:
+        return any("Round 1 rejected" in m.text for m in c.thread_of(record))
+
+    await until(told, 5, "the rejection told in the thread")

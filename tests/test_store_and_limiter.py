@@ -101,3 +101,37 @@ async def test_a_finished_task_is_retired_after_the_retention(store: Store):
     assert RETENTION - 5 < ttl <= RETENTION
     _, started = await store.track("t-1", channel=None, title=None, tracked_by="cli")
     assert not started  # still known while it lives
+
+
+async def test_a_publisher_renews_only_events_it_still_owns(store: Store):
+    """A slow publisher whose event was reclaimed must not steal it back with its heartbeat."""
+    await store.ensure_group()
+    await store.track("t-1", channel=None, title=None, tracked_by="cli")
+    record = await store.get("t-1")
+    assert record is not None
+    await store.record_progress(
+        record, WAITING, build_events("t-1", None, WAITING, at=1.0), now=1.0, next_poll=2.0
+    )
+    [(entry_id, _)] = await store.read_group("slow", 10, 100)
+    assert await store.keep_claimed(entry_id, "slow")
+    [(taken, _)] = await store.reclaim("other", 0, 10)
+    assert taken == entry_id
+    assert not await store.keep_claimed(entry_id, "slow")
+    assert await store.keep_claimed(entry_id, "other")
+
+
+async def test_a_lock_has_one_holder_and_only_its_holder_releases_it(store: Store):
+    token = await store.lock("parent:t-1", 60)
+    assert token is not None
+    assert await store.lock("parent:t-1", 60) is None
+    await store.unlock("parent:t-1", "someone-else")
+    assert await store.lock("parent:t-1", 60) is None
+    await store.unlock("parent:t-1", token)
+    assert await store.lock("parent:t-1", 60) is not None
+
+
+async def test_an_unreadable_event_is_returned_as_none_not_raised(store: Store):
+    await store.ensure_group()
+    await store.redis.xadd(EVENTS_STREAM, {"type": "from_the_future", "task_id": "t-1"})
+    [(_, event)] = await store.read_group("me", 10, 100)
+    assert event is None
