@@ -175,6 +175,14 @@ class Settings(BaseSettings):
             )
         if (self.SLACK_APP_TOKEN or self.SLACK_SIGNING_SECRET) and not self.SLACK_BOT_TOKEN:
             raise ValueError("SLACK_BOT_TOKEN: required when other Slack settings are set")
+        recovery = self.DECISION_SETTLE_SECONDS + self.EVENT_RECLAIM_SECONDS
+        if recovery >= self.DECISION_CLAIM_SECONDS:
+            # Else a dead decider's claim is gone before a publisher settles its round, and a
+            # decision Tencent took is shown as taken outside Slack instead of by its user.
+            raise ValueError(
+                f"DECISION_CLAIM_SECONDS: must be more than DECISION_SETTLE_SECONDS +"
+                f" EVENT_RECLAIM_SECONDS ({recovery:g} s)"
+            )
         return self
 
     @property

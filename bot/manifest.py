@@ -6,8 +6,16 @@ from typing import Any
 
 # chat:write — post and rebuild task messages, thread replies, ephemeral answers;
 # files:write — upload demo videos into threads; commands — /ivh;
-# usergroups:read — members of APPROVER_GROUP.
-BOT_SCOPES = ["chat:write", "commands", "files:write", "usergroups:read"]
+# usergroups:read — members of APPROVER_GROUP; channels:history, groups:history — after a
+# crash, find a task message that was posted and not recorded (public, private channels).
+BOT_SCOPES = [
+    "channels:history",
+    "chat:write",
+    "commands",
+    "files:write",
+    "groups:history",
+    "usergroups:read",
+]
 
 
 def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> dict[str, Any]:

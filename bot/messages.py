@@ -166,6 +166,23 @@ def fallback_text(view: TaskView) -> str:
     }[view.phase]
 
 
+TASK_METADATA = "ivh_task"  # the event_type of the metadata on every parent message
+
+
+def task_metadata(task_id: str) -> Payload:
+    """Message metadata naming the task: how a message posted but never recorded is found."""
+    return {"event_type": TASK_METADATA, "event_payload": {"task_id": task_id}}
+
+
+def posted_for(message: Payload, task_id: str) -> bool:
+    """Whether a message from conversations.history is the parent message of `task_id`."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("event_type") != TASK_METADATA:
+        return False
+    payload = metadata.get("event_payload")
+    return isinstance(payload, dict) and payload.get("task_id") == task_id
+
+
 def task_message(view: TaskView) -> Payload:
     """The parent message, rebuilt whole from the task's state on every change."""
     heading = f"*{_name(view)}*\n`{escape(view.task_id)}`"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,7 +64,9 @@ class Thread:
         """Post the parent message if there is none yet; returns the record with its ts.
 
         One process at a time posts it (two events of a task can be handled at once by two
-        replicas); the other gets Busy and comes back later to find the message there."""
+        replicas); the other gets Busy and comes back later to find the message there. A
+        process that died between Slack's answer and recording the ts left a message behind:
+        it is found by its metadata and used, not posted again."""
         record = await self.store.get(task_id)
         if record is None or record.slack_ts:
             return record
@@ -75,22 +78,61 @@ class Thread:
             loaded = await self.store.view(task_id)
             if loaded is None or loaded[0].slack_ts:
                 return loaded[0] if loaded else None
-            answer = await self.client.chat_postMessage(
-                channel=channel,
-                unfurl_links=False,
-                unfurl_media=False,
-                **messages.task_message(loaded[1]),
-            )
-            posted_channel, ts = str(answer["channel"]), str(answer["ts"])
-            # Saved before anything else can fail: a message posted and not saved is posted twice.
-            await self.store.set_slack_message(task_id, posted_channel, ts)
-        log.info("task %s: posted to %s at %s", task_id, posted_channel, ts)
+            record, view = loaded
+            found = await self._find_unrecorded(record, channel)
+            if found is None:
+                await self.store.mark_posting(task_id, time.time())
+                answer = await self.client.chat_postMessage(
+                    channel=channel,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                    metadata=messages.task_metadata(task_id),
+                    **messages.task_message(view),
+                )
+                found = str(answer["channel"]), str(answer["ts"])
+                log.info("task %s: posted to %s at %s", task_id, *found)
+            # Recorded before anything else can fail: a message posted and not recorded would
+            # have to be looked for.
+            await self.store.set_slack_message(task_id, *found)
+        posted_channel, ts = found
         try:
             link = await self.client.chat_getPermalink(channel=posted_channel, message_ts=ts)
             await self.store.set_slack_message(task_id, posted_channel, ts, str(link["permalink"]))
         except SlackApiError as error:
             log.warning("task %s: no permalink: %s", task_id, slack_error(error))
+        if record.posting_since is not None:
+            await self.refresh(task_id)  # found as it was posted; the task may have moved on
+        if view.current_decision is not None:
+            await self._tell(task_id, view.current_decision.round)
         return await self.store.get(task_id)
+
+    async def _find_unrecorded(self, record: TaskRecord, channel: str) -> tuple[str, str] | None:
+        """The parent message a dead process posted and did not record, if there is one."""
+        if record.posting_since is None:
+            return None
+        try:
+            answer = await self.client.conversations_history(
+                channel=channel,
+                oldest=f"{record.posting_since - 60:.6f}",  # Slack's clock may differ a little
+                include_all_metadata=True,
+                limit=200,
+            )
+        except SlackApiError as error:
+            log.warning(
+                "task %s: cannot look for a message posted before a crash (%s); posting anew",
+                record.task_id,
+                slack_error(error),
+            )
+            return None
+        for message in answer.get("messages") or []:
+            if messages.posted_for(message, record.task_id):
+                log.warning(
+                    "task %s: found its message %s, posted before a crash; using it",
+                    record.task_id,
+                    message.get("ts"),
+                )
+                return channel, str(message["ts"])
+        return None
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, name: str, doing: str) -> AsyncIterator[None]:
@@ -135,20 +177,22 @@ class Thread:
         reply in the thread once. Called again after a crash, it finishes what is missing."""
         first = await self.store.save_decision(task_id, decision)
         await self.refresh(task_id)
-        if await self.store.decision_replied(task_id, decision.round):
-            return first
-        async with self._exclusive(
-            f"reply:{task_id}:{decision.round}", "its decision is being told"
-        ):
-            record = await self.store.get(task_id)
-            stored = await self.store.decision(task_id, decision.round)
-            if record is None or stored is None:
-                return first
-            if await self.store.decision_replied(task_id, decision.round):
-                return first
-            ts = await self.reply(record, messages.decision_reply(stored))
-            await self.store.mark_decision_replied(task_id, decision.round, ts or "")
+        await self._tell(task_id, decision.round)
         return first
+
+    async def _tell(self, task_id: str, round_: int) -> None:
+        """Reply in the thread with the round's recorded decision, unless that was done."""
+        if await self.store.decision_replied(task_id, round_):
+            return
+        async with self._exclusive(f"reply:{task_id}:{round_}", "its decision is being told"):
+            record = await self.store.get(task_id)
+            decision = await self.store.decision(task_id, round_)
+            if record is None or decision is None or not record.slack_ts:
+                return  # no message yet: told when it is posted
+            if await self.store.decision_replied(task_id, round_):
+                return
+            ts = await self.reply(record, messages.decision_reply(decision))
+            await self.store.mark_decision_replied(task_id, round_, ts or "")
 
     async def reply(
         self, record: TaskRecord, payload: dict[str, Any], *, broadcast: bool = False

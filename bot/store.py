@@ -100,6 +100,7 @@ class TaskRecord(BaseModel):
     slack_channel: str | None = None
     slack_ts: str | None = None
     slack_permalink: str | None = None
+    posting_since: float | None = None  # a parent post began then and was not recorded (yet)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
@@ -236,7 +237,14 @@ class Store:
         fields: dict[FieldT, EncodableT] = {"slack_channel": channel, "slack_ts": ts}
         if permalink:
             fields["slack_permalink"] = permalink
-        await self.redis.hset(task_key(task_id), mapping=fields)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(task_key(task_id), mapping=fields)
+            pipe.hdel(task_key(task_id), "posting_since")
+            await pipe.execute()
+
+    async def mark_posting(self, task_id: str, since: float) -> None:
+        """A parent post starts: if it is never recorded, look for it before posting again."""
+        await self.redis.hset(task_key(task_id), "posting_since", repr(since))
 
     async def retire(self, task_id: str, after: float = RETENTION) -> None:
         """The task's story is over: let all its keys expire after `after` seconds."""

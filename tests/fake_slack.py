@@ -45,6 +45,7 @@ class Message:
     bot_id: str = ""
     reply_broadcast: bool = False
     files: list[Args] = field(default_factory=list)  # file shares: id, name, title, size
+    metadata: Args | None = None  # message metadata: event_type, event_payload
     history: list[Args] = field(default_factory=list)  # earlier versions, oldest first
 
     @property
@@ -107,7 +108,7 @@ class FakeSlack:
         self.channels: dict[str, str] = {}  # id -> name
         self.views: dict[str, Args] = {}
         self._ids = itertools.count(1)
-        self._ts = itertools.count(1_700_000_000_000_100, 100)
+        self._last_ts = 0  # microseconds; a message's ts is when it was posted, as at Slack
         self._pending_files: dict[str, tuple[str, int]] = {}  # file_id -> (filename, length)
         self._used_triggers: set[str] = set()
         self._expired_triggers: set[str] = set()
@@ -418,8 +419,8 @@ class FakeSlack:
     # --- Slack methods ---------------------------------------------------------------------
 
     def _next_ts(self) -> str:
-        value = next(self._ts)
-        return f"{value // 1_000_000}.{value % 1_000_000:06d}"
+        self._last_ts = max(time.time_ns() // 1000, self._last_ts + 1)
+        return f"{self._last_ts // 1_000_000}.{self._last_ts % 1_000_000:06d}"
 
     def _channel_id(self, channel: str) -> str | None:
         if channel.startswith("#"):
@@ -443,6 +444,8 @@ class FakeSlack:
             body["blocks"] = message.blocks
         if message.thread_ts:
             body["thread_ts"] = message.thread_ts
+        if message.metadata is not None:
+            body["metadata"] = message.metadata
         return body
 
     def _edit(self, message: Message, args: Args) -> None:
@@ -475,8 +478,30 @@ class FakeSlack:
         message.thread_ts = args.get("thread_ts") or None
         message.reply_broadcast = _truthy(args.get("reply_broadcast", False))
         message.user, message.bot_id = self.bot_user_id, self.bot_id
+        message.metadata = args.get("metadata")
         self.messages[(channel, message.ts)] = message
         return {"channel": channel, "ts": message.ts, "message": self._as_dict(message)}
+
+    def _conversations_history(self, args: Args) -> Args:
+        """Top-level messages (and broadcast replies), newest first, between oldest and latest."""
+        _require(args, "channel")
+        channel = self._resolve(str(args["channel"]))
+        oldest, latest = float(args.get("oldest", 0)), float(args.get("latest", "inf"))
+        found = [
+            m
+            for (cid, _), m in self.messages.items()
+            if cid == channel
+            and (m.thread_ts is None or m.reply_broadcast)
+            and oldest < float(m.ts) <= latest
+        ]
+        found.sort(key=lambda m: float(m.ts), reverse=True)
+        limit = int(args.get("limit", 100))
+        metadata = _truthy(args.get("include_all_metadata", False))
+        shown = [self._as_dict(m) for m in found[:limit]]
+        if not metadata:
+            for body in shown:
+                body.pop("metadata", None)
+        return {"messages": shown, "has_more": len(found) > limit}
 
     def _chat_update(self, args: Args) -> Args:
         _require(args, "channel", "ts")

@@ -25,7 +25,7 @@ import pytest
 
 from bot.sim_state import Fault
 from bot.simulator import RunningSimulator
-from bot.store import EVENTS_STREAM, claim_key
+from bot.store import EVENTS_STREAM, claim_key, lock_key
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values, until
 from tests.conftest import RedisProcess
@@ -222,7 +222,9 @@ async def test_killed_after_claiming_before_the_call_blocks_until_the_claim_expi
     claim expires (DECISION_CLAIM_SECONDS) clicks are told who is deciding and nothing is
     sent; after it expires a click decides, once. Broken (Store.claim setting no expiry) this
     test failed: Ana's claim never expired."""
-    c = await cluster(2, DECISION_CLAIM_SECONDS="3")
+    c = await cluster(
+        2, DECISION_CLAIM_SECONDS="3", DECISION_SETTLE_SECONDS="1", EVENT_RECLAIM_SECONDS="1.5"
+    )
     task = c.sim.sim.create_task(deliver_seconds=3600)
     await c.track(task.task_id)
     record = await c.wait_posted(task.task_id)
@@ -317,6 +319,36 @@ async def test_killed_mid_upload_another_replica_finishes_the_event(cluster: Mak
     assert set(button_values(parent)) == {"approve", "reject"}
     survivors = [r.name for r in c.replicas if r is not poster and "posted to" in r.log_text()]
     assert survivors == []  # nobody posted a second parent message
+
+
+async def test_a_message_posted_by_a_process_killed_before_recording_it_is_used(
+    cluster: MakeCluster,
+):
+    """README "Recovery rules": killed between Slack's answer and recording the ts, the poster
+    left a message behind; the next publisher finds it by its metadata instead of posting a
+    second one (the chaos bench's last disagreeing message: an orphan with live buttons).
+    Broken (Thread._find_unrecorded returning None) two parent messages were posted."""
+    c = await cluster(2, **FAST_RECOVERY)
+    c.fake.hold("chat.postMessage", apply_first=True)  # posted at Slack; the answer never read
+    task = c.sim.sim.create_task()
+    await c.track(task.task_id)
+    await c.fake.wait_for("chat.postMessage", within=15)
+    [(consumer, _)] = (await c.pending_consumers()).items()
+    c.replica_of_consumer(consumer).kill()
+    c.fake.release("chat.postMessage")
+    await c.redis.delete(lock_key(f"parent:{task.task_id}"))  # stands in for its 2-min expiry
+    await c.expire_dead_leases()
+
+    async def finished() -> bool:
+        return await c.posted(task.task_id) and await c.published()
+
+    await until(finished, 15, "another replica finished the task's message", detail=c.tails)
+    [parent] = c.parents(task.task_id)
+    record = await c.store.get(task.task_id)
+    assert record is not None and record.slack_ts == parent.ts
+    assert len(c.fake.calls_to("conversations.history")) == 1
+    assert set(button_values(parent)) == {"approve", "reject"}
+    assert len([m for m in c.thread_of(record) if m.files]) == 1
 
 
 # --- Redis restarts under two replicas ------------------------------------------------------

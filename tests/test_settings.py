@@ -41,6 +41,7 @@ def test_defaults_are_the_documented_ones():
         ({"APPROVERS": "U0123ABC,alice"}, "APPROVERS"),
         ({"APPROVER_GROUP": "admins"}, "APPROVER_GROUP"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"DECISION_CLAIM_SECONDS": "60"}, "DECISION_CLAIM_SECONDS"),  # <= 30 + 60
     ],
 )
 def test_a_wrong_setting_is_named(monkeypatch, env, named):
