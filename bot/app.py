@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -29,10 +30,11 @@ from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
 from bot.schedule import Schedule
 from bot.simulator import Simulator, start
-from bot.slack import Thread, make_client
+from bot.slack import ChannelPace, Thread, make_client
 from bot.store import Store, rate_key
 from bot.video import HostPolicy
 from bot.web import add_slack_route, make_web_app
+from handlers.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class SlackSide:
     bolt: AsyncApp
     publisher: Publisher
     media: httpx.AsyncClient
+    session: aiohttp.ClientSession  # every Slack call's keep-alive connections
+    handoff: Handoff  # work started after acks
 
 
 @dataclass
@@ -144,8 +148,11 @@ class Runtime:
 
     def _build_slack(self, token: str, video_hosts: HostPolicy) -> SlackSide:
         settings = self.settings
-        client = make_client(token, settings.SLACK_API_URL)
-        thread = Thread(self.store, client, settings.SLACK_CHANNEL)
+        # Built inside the running loop (Runtime.build is called from a coroutine).
+        session = aiohttp.ClientSession()
+        client = make_client(token, settings.SLACK_API_URL, session=session)
+        pace = ChannelPace(self.redis, settings.SLACK_POSTS_PER_SECOND)
+        thread = Thread(self.store, client, settings.SLACK_CHANNEL, pace)
         approvers = Approvers(settings.APPROVERS, settings.APPROVER_GROUP, client)
         if approvers.anyone:
             log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
@@ -174,15 +181,20 @@ class Runtime:
             client=client,
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=not settings.socket_mode,
+            # Listeners ack, hand the rest to `handoff` and return: bolt answers as soon as
+            # they do, instead of polling every 10 ms for the ack while the rest runs.
+            process_before_response=True,
         )
+        handoff = Handoff()
         handlers.register(
             bolt,
             store=self.store,
             decider=decider,
             approvers=approvers,
             on_track=self.poller.wake,
+            handoff=handoff,
         )
-        return SlackSide(bolt, publisher, media)
+        return SlackSide(bolt, publisher, media, session, handoff)
 
     async def health(self) -> dict[str, bool]:
         try:
@@ -208,6 +220,8 @@ class Runtime:
 
     async def aclose(self) -> None:
         if self.slack is not None:
+            await self.slack.handoff.aclose()
+            await self.slack.session.close()
             await self.slack.media.aclose()
         await self.ivh.aclose()
         await self.redis.aclose()

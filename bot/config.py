@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     SLACK_APP_TOKEN: SecretStr | None = None
     SLACK_API_URL: str = DEFAULT_SLACK_API_URL
     SLACK_CHANNEL: str | None = None
+    SLACK_POSTS_PER_SECOND: float = Field(default=1.0, gt=0, le=100)
 
     IVH_APPKEY: str | None = None
     IVH_ACCESS_TOKEN: SecretStr | None = None

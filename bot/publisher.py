@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead publisher
 SETTLE_AFTER = 30.0  # a Slack claim this old while the task moved on: its holder died
 BLOCK_MS = 2_000
+CONCURRENCY = 16  # events handled side by side (of different tasks: a task's go in order)
 MAX_ATTEMPTS = 20  # an event that failed this often is dropped with an error
 # Slack errors that no retry will fix: the event is dropped with an error in the log.
 FATAL_SLACK_ERRORS = frozenset(
@@ -71,28 +72,78 @@ class Publisher:
 
     async def run(self) -> None:
         group_ready = False
-        while True:
-            stop_if_cancelled()
-            try:
-                if not group_ready:
-                    # Also after Redis came back empty (no AOF, failover): NOGROUP otherwise.
-                    await self._store.ensure_group()
-                    group_ready = self.running = True
-                batch = await self._store.reclaim(self._consumer, self.reclaim_idle_ms, 10)
-                block = max(100, min(BLOCK_MS, self.reclaim_idle_ms))
-                batch += await self._store.read_group(self._consumer, 10, block)
-            except RedisError as error:
-                log.warning("publisher: Redis unavailable (%s); retrying", error)
-                self.running = False
-                group_ready = group_ready and "NOGROUP" not in str(error)
-                await asyncio.sleep(2)
-                continue
-            self.running = True
-            for entry_id, event in batch:
+        working: dict[str, asyncio.Task[None]] = {}  # entry id -> its handling
+        latest: dict[str, asyncio.Task[None]] = {}  # task id -> the last handling started
+        try:
+            while True:
+                stop_if_cancelled()
+                free = CONCURRENCY - len(working)
+                if free <= 0:
+                    await asyncio.wait(working.values(), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 try:
-                    await self.process(entry_id, event)
+                    if not group_ready:
+                        # Also after Redis came back empty (no AOF, failover): NOGROUP otherwise.
+                        await self._store.ensure_group()
+                        group_ready = self.running = True
+                    found = await self._store.reclaim(self._consumer, self.reclaim_idle_ms, free)
+                    batch = [
+                        (entry_id, event) for entry_id, event in found if entry_id not in working
+                    ]
+                    if len(batch) < free:
+                        block = max(100, min(BLOCK_MS, self.reclaim_idle_ms))
+                        batch += await self._store.read_group(
+                            self._consumer, free - len(batch), block
+                        )
                 except RedisError as error:
-                    log.warning("event %s: Redis unavailable (%s); will retry", entry_id, error)
+                    log.warning("publisher: Redis unavailable (%s); retrying", error)
+                    self.running = False
+                    group_ready = group_ready and "NOGROUP" not in str(error)
+                    await asyncio.sleep(2)
+                    continue
+                self.running = True
+                for entry_id, event in batch:
+                    self._start(entry_id, event, working, latest)
+        finally:
+            for handling in working.values():
+                handling.cancel()
+            await asyncio.gather(*working.values(), return_exceptions=True)
+
+    def _start(
+        self,
+        entry_id: str,
+        event: Event | None,
+        working: dict[str, asyncio.Task[None]],
+        latest: dict[str, asyncio.Task[None]],
+    ) -> None:
+        """Handle an event beside the others; after the events of its task read before it."""
+        task_id = event.task_id if event else entry_id
+        handling = asyncio.create_task(self._in_turn(latest.get(task_id), entry_id, event))
+        working[entry_id] = latest[task_id] = handling
+
+        def forget(_: asyncio.Task[None]) -> None:
+            working.pop(entry_id, None)
+            if latest.get(task_id) is handling:
+                del latest[task_id]
+
+        handling.add_done_callback(forget)
+
+    async def _in_turn(
+        self, before: asyncio.Task[None] | None, entry_id: str, event: Event | None
+    ) -> None:
+        # Claimed while it waits too: a slow predecessor must not let another publisher
+        # take this event and handle it out of order.
+        heartbeat = asyncio.create_task(self._keep_claimed(entry_id))
+        try:
+            if before is not None:
+                await asyncio.wait([before])
+            await self.process(entry_id, event)
+        except RedisError as error:
+            log.warning("event %s: Redis unavailable (%s); will retry", entry_id, error)
+        except Exception:
+            log.exception("event %s: unexpected error; will retry", entry_id)
+        finally:
+            heartbeat.cancel()
 
     async def process(self, entry_id: str, event: Event | None) -> None:
         """Handle one event; acknowledge it when done or when retrying cannot help."""
@@ -111,12 +162,7 @@ class Publisher:
             # Left pending, not acknowledged: in a rolling upgrade a newer replica reads it.
             log.warning("event %s: this version cannot read it; left for a newer one", entry_id)
             return
-        # A long upload must not look abandoned: keep the event claimed while working on it.
-        heartbeat = asyncio.create_task(self._keep_claimed(entry_id))
-        try:
-            await self._process(entry_id, event)
-        finally:
-            heartbeat.cancel()
+        await self._process(entry_id, event)
 
     async def _keep_claimed(self, entry_id: str) -> None:
         while True:
@@ -266,5 +312,5 @@ class Publisher:
         if channel is None or not await self._step(entry_id, "notice"):
             return
         notice = messages.unknown_task_notice(record.task_id, record.tracked_by, event.message)
-        await self._thread.client.chat_postMessage(channel=channel, **notice)
+        await self._thread.post(channel, **notice)
         await self._store.mark_step(entry_id, "notice")

@@ -8,17 +8,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+from redis.asyncio import Redis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
-from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
+from bot.ratelimit import RedisRateLimiter
 from bot.state import Decision
-from bot.store import Store, TaskRecord
+from bot.store import Store, TaskRecord, rate_key
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,37 @@ class Busy(Exception):
     """Another process is doing this Slack step right now; try again later."""
 
 
-def make_client(token: str, base_url: str, timeout: int = 30) -> AsyncWebClient:
-    """Every Slack call goes through this client: it waits out 429s and retries 5xx."""
+class ChannelPace:
+    """Slack takes about one message per second per channel: each post waits for its
+    channel's turn, kept in Redis so that all replicas together hold the pace."""
+
+    MARGIN = 0.95  # a little under the rate, so that network jitter does not cross Slack's
+
+    def __init__(self, redis: Redis, per_second: float) -> None:
+        self._redis = redis
+        self._rate = per_second * self.MARGIN
+        self._limiters: dict[str, RedisRateLimiter] = {}
+
+    async def wait(self, channel: str) -> None:
+        limiter = self._limiters.get(channel)
+        if limiter is None:
+            key = rate_key(f"post:{channel}")
+            limiter = self._limiters[channel] = RedisRateLimiter(self._redis, key, self._rate)
+        await limiter.acquire()
+
+
+def make_client(
+    token: str, base_url: str, timeout: int = 30, session: aiohttp.ClientSession | None = None
+) -> AsyncWebClient:
+    """Every Slack call goes through this client: it waits out 429s and retries 5xx.
+
+    Give it a `session` (its owner closes it) to keep connections alive between calls;
+    without one, slack_sdk opens a new connection for every call."""
     return AsyncWebClient(
         token=token,
         base_url=base_url,
         timeout=timeout,
+        session=session,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=10),
@@ -52,10 +80,25 @@ def slack_error(error: SlackApiError) -> str:
 class Thread:
     """A task's parent message and its thread: post it, rebuild it, reply to it."""
 
-    def __init__(self, store: Store, client: AsyncWebClient, default_channel: str | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: AsyncWebClient,
+        default_channel: str | None,
+        pace: ChannelPace | None = None,
+    ) -> None:
         self.store = store
         self.client = client
         self.default_channel = default_channel
+        self._pace = pace
+
+    async def post(self, channel: str, **payload: Any) -> AsyncSlackResponse:
+        """chat.postMessage, at the channel's pace, never unfurling the demo links."""
+        if self._pace is not None:
+            await self._pace.wait(channel)
+        return await self.client.chat_postMessage(
+            channel=channel, unfurl_links=False, unfurl_media=False, **payload
+        )
 
     def channel_for(self, record: TaskRecord) -> str | None:
         return record.channel or self.default_channel
@@ -82,12 +125,8 @@ class Thread:
             found = await self._find_unrecorded(record, channel)
             if found is None:
                 await self.store.mark_posting(task_id, time.time())
-                answer = await self.client.chat_postMessage(
-                    channel=channel,
-                    unfurl_links=False,
-                    unfurl_media=False,
-                    metadata=messages.task_metadata(task_id),
-                    **messages.task_message(view),
+                answer = await self.post(
+                    channel, metadata=messages.task_metadata(task_id), **messages.task_message(view)
                 )
                 found = str(answer["channel"]), str(answer["ts"])
                 log.info("task %s: posted to %s at %s", task_id, *found)
@@ -200,12 +239,7 @@ class Thread:
         """Reply in the task's thread; the reply's ts, or None when there is no message."""
         if not (record.slack_channel and record.slack_ts):
             return None
-        answer = await self.client.chat_postMessage(
-            channel=record.slack_channel,
-            thread_ts=record.slack_ts,
-            reply_broadcast=broadcast,
-            unfurl_links=False,
-            unfurl_media=False,
-            **payload,
+        answer = await self.post(
+            record.slack_channel, thread_ts=record.slack_ts, reply_broadcast=broadcast, **payload
         )
         return str(answer["ts"])

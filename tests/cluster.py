@@ -266,6 +266,7 @@ class Cluster:
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
             "SLACK_API_URL": self.fake.api_url,
             "SLACK_CHANNEL": CHANNEL,
+            "SLACK_POSTS_PER_SECOND": "100",
             "IVH_APPKEY": self.sim.sim.appkey,
             "IVH_ACCESS_TOKEN": self.sim.sim.access_token,
             "IVH_BASE_URL": ivh_url,

@@ -47,6 +47,7 @@ def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": fake.api_url,
         "SLACK_CHANNEL": CHANNEL,
+        "SLACK_POSTS_PER_SECOND": 100,  # the fake Slack has no per-channel limit unless asked
         "IVH_APPKEY": sim.sim.appkey,
         "IVH_ACCESS_TOKEN": sim.sim.access_token,
         "IVH_BASE_URL": sim.url,
