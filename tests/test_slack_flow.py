@@ -352,3 +352,38 @@ async def test_a_rate_limited_upload_is_retried(bot: Bot):
     assert [c.fault for c in uploads] == ["http_429", None]
     [shared] = [m for m in bot.thread(record) if m.files]
     assert bot.fake.uploads[shared.files[0]["id"]] == DEMO_MP4
+
+
+async def test_posts_keep_the_channel_pace_and_a_busy_channel_holds_up_no_other(
+    sim, fake, redis_url
+):
+    """Slack takes about one post per second per channel (the fake answers 429 beyond it).
+    Broken (no ChannelPace) the fake answered 429s here; broken (the publisher handling one
+    event at a time) the task in the quiet channel was posted after the four busy ones."""
+    fake.channel_rate(1)
+    async with run_bot(sim, fake, redis_url, SLACK_POSTS_PER_SECOND=1) as bot:
+        busy = [sim.sim.create_task() for _ in range(4)]
+        for task in busy:
+            await bot.track(task.task_id)
+
+        async def all_waiting() -> bool:
+            return len(await bot.store.events()) == len(busy)
+
+        await bot.until(all_waiting)
+        quiet = sim.sim.create_task()
+        await bot.track(quiet.task_id, channel="C0QUIET")
+
+        def parents(channel: str) -> list:
+            return [m for m in fake.messages.values() if m.channel == channel and not m.thread_ts]
+
+        async def quiet_posted() -> bool:
+            return bool(parents("C0QUIET"))
+
+        await bot.until(quiet_posted)
+        assert len(parents(CHANNEL)) < len(busy)
+
+        async def busy_posted() -> bool:
+            return len(parents(CHANNEL)) == len(busy)
+
+        await bot.until(busy_posted)
+        assert [c.fault for c in fake.calls_to("chat.postMessage") if c.fault] == []
