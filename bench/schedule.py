@@ -37,8 +37,8 @@ class Stage:
     end: float
 
 
-def waiting(round_: int) -> Snapshot:
-    return Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=round_)
+def making(stage: str, stage_status: str = "PROCESSING", round_: int = 0) -> Snapshot:
+    return Snapshot(status="MAKING", stage=stage, stage_status=stage_status, round=round_)
 
 
 def life(rng: random.Random, args: argparse.Namespace) -> list[Stage]:
@@ -53,18 +53,18 @@ def life(rng: random.Random, args: argparse.Namespace) -> list[Stage]:
         start = stages[-1].end if stages else 0.0
         stages.append(Stage(snapshot, start, start + seconds))
 
-    add(Snapshot(status="MAKING", stage="AUDIT", stage_status="PROCESSING"), hours(args.audit_hours))
-    add(Snapshot(status="MAKING", stage="PROCESS", stage_status="PROCESSING"), hours(args.preprocess_hours))
+    add(making("AUDIT"), hours(args.audit_hours))
+    add(making("PROCESS"), hours(args.preprocess_hours))
     round_ = 1
     while True:
-        add(Snapshot(status="MAKING", stage="TRAIN", stage_status="PROCESSING", round=round_ - 1), hours(args.train_hours))
-        add(waiting(round_), hours(args.decision_hours))
+        add(making("TRAIN", round_=round_ - 1), hours(args.train_hours))
+        add(making("CONFIRM", "WAIT_PROCESS", round_), hours(args.decision_hours))
         if rng.random() >= args.reject_share or round_ == 3:
             break
         round_ += 1
-    add(Snapshot(status="MAKING", stage="CONFIRM", stage_status="PROCESSING", round=round_), hours(args.delivery_hours))
+    add(making("CONFIRM", round_=round_), hours(args.delivery_hours))
     add(Snapshot(status="SUCCESS", round=round_), 0.0)
-    return stages  # fmt: skip
+    return stages
 
 
 def poll(stages: list[Stage], schedule: Schedule, first: float) -> tuple[int, list[float]]:
