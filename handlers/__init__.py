@@ -10,6 +10,7 @@ from bot.approvers import Approvers
 from bot.decisions import Decider
 from bot.store import Store
 from handlers import actions, commands, events, views
+from handlers.handoff import Handoff
 
 
 def register(
@@ -19,8 +20,9 @@ def register(
     decider: Decider,
     approvers: Approvers,
     on_track: Callable[[], None],
+    handoff: Handoff,
 ) -> None:
     events.register(app, approvers=approvers)
-    actions.register(app, store=store, decider=decider)
-    views.register(app, store=store, decider=decider)
+    actions.register(app, store=store, decider=decider, handoff=handoff)
+    views.register(app, store=store, decider=decider, handoff=handoff)
     commands.register(app, store=store, on_track=on_track)

@@ -14,6 +14,7 @@ from bot import messages
 from bot.decisions import Decider, clean_reason, reason_problem
 from bot.store import Store
 from handlers.guard import guarded
+from handlers.handoff import Handoff
 from handlers.untrusted import text_of, user_of
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 CHECK_BUDGET = 2.0  # Slack closes the modal with an error after 3 s
 
 
-def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
+def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff) -> None:
     @app.view(messages.REJECT_VIEW)
     @guarded
     async def reject_submitted(
@@ -52,9 +53,9 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
             await ack(response_action="errors", errors={messages.REASON_BLOCK: problem})
             return
         await ack()
-        record = await store.get(task_id)
 
         async def notify(text: str) -> None:
+            record = await store.get(task_id)
             if record is None or not record.slack_channel:
                 return
             try:
@@ -62,4 +63,5 @@ def register(app: AsyncApp, *, store: Store, decider: Decider) -> None:
             except SlackApiError as error:
                 log.warning("ephemeral to %s failed: %s", user, error.response.get("error"))
 
-        await decider.decide(task_id, round_, user, "REJECT", notify, reason=clean_reason(raw))
+        decision = decider.decide(task_id, round_, user, "REJECT", notify, reason=clean_reason(raw))
+        handoff.start(f"reject {task_id}", decision, notify)
