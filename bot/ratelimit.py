@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-# GCRA with a burst of one: each caller reserves the next free slot, 1/rate apart, on the
-# Redis server's clock, and learns how long to wait for it. No retry loop, no thundering herd.
+# GCRA with a burst of one: each caller reserves the next free slot on the Redis server's
+# clock and learns how long to wait for it: no polling, no thundering herd.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -20,18 +22,67 @@ redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX',
 return tat - now
 """
 
+# When its slot comes, a caller asks to send: granted (1) unless `limit` sends were granted
+# within the last `window` microseconds. KEYS[1] lists the latest grant times, newest first.
+_SEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
+if oldest and now - tonumber(oldest) < window then return 0 end
+redis.call('LPUSH', KEYS[1], string.format('%.0f', now))
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+return 1
+"""
+
+# Slots alone do not hold the rate at the server: a caller that its busy event loop wakes late
+# goes out together with the callers of the next slots. So a caller woken more than JITTER
+# after its slot gives the slot up and reserves the next free one; and, because several
+# replicas share the budget, a caller on time also asks Redis to grant the send, which it does
+# at most `rate` times within 1 + JITTER seconds (refused: it reserves the next free slot).
+# Requests that reach the server within JITTER of their grant then make at most `rate` in any
+# one second there. Slots are (1 + JITTER + SLACK) / rate apart, so that callers on time are
+# not refused for a few ms of jitter: a cycle of N polls takes about 7 % longer than N / rate.
+JITTER = 0.05
+SLACK = 0.02
+
+Sleep = Callable[[float], Awaitable[object]]
+
 
 class RedisRateLimiter:
-    """At most `rate` acquisitions per second across all processes sharing `key`."""
+    """At most `rate` acquisitions in any second across all processes sharing `key`."""
 
-    def __init__(self, redis: Redis, key: str, rate: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self._key = key
-        self._interval_us = max(1, round(1_000_000 / rate))
+        self._slots = [key]
+        self._grants = [f"{key}:sent"]
+        self._interval_us = max(1, round(1_000_000 * (1 + JITTER + SLACK) / rate))
+        limit = max(1, int(rate))  # grants per window; the window is a second for whole rates
+        self._send_args = [limit, round(1_000_000 * (1 + JITTER) * limit / rate)]
         self._reserve = redis.register_script(_RESERVE)
+        self._send = redis.register_script(_SEND)
+        self._clock = clock
+        self._sleep = sleep
 
     async def acquire(self) -> None:
-        wait_us = int(await self._reserve(keys=[self._key], args=[self._interval_us]))
-        if wait_us > 0:
-            await asyncio.sleep(wait_us / 1_000_000)
+        while True:
+            wait = int(await self._reserve(keys=self._slots, args=[self._interval_us])) / 1e6
+            due = self._clock() + wait
+            if wait > 0:
+                await self._sleep(wait)
+            if self._clock() - due > JITTER:
+                continue  # woken too late: going now would add to the next slots' requests
+            if await self._send(keys=self._grants, args=self._send_args):
+                return
+            # `rate` requests went out within the window (others went late): take the next slot.

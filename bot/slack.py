@@ -38,11 +38,9 @@ class ChannelPace:
     """Slack takes about one message per second per channel: each post waits for its
     channel's turn, kept in Redis so that all replicas together hold the pace."""
 
-    MARGIN = 0.95  # a little under the rate, so that network jitter does not cross Slack's
-
     def __init__(self, redis: Redis, per_second: float) -> None:
         self._redis = redis
-        self._rate = per_second * self.MARGIN
+        self._rate = per_second  # the limiter keeps its own margin for jitter
         self._limiters: dict[str, RedisRateLimiter] = {}
 
     async def wait(self, channel: str) -> None:

@@ -4,8 +4,9 @@ import asyncio
 import time
 
 from bot.events import Snapshot, build_events
-from bot.ratelimit import RedisRateLimiter
+from bot.ratelimit import JITTER, SLACK, RedisRateLimiter
 from bot.store import EVENTS_STREAM, Store, TaskState, rate_key
+from tests.conftest import wait_for
 
 WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
 TRAINING = Snapshot(status="MAKING", stage="TRAIN", stage_status="PROCESSING")
@@ -64,20 +65,20 @@ async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store)
 
 async def test_rate_limiter_spaces_requests_across_clients(redis):
     rate = 40.0
-    limiters = [RedisRateLimiter(redis, rate_key("test"), rate) for _ in range(3)]
-    stamps: list[float] = []
+    told: list[float] = []
 
-    async def take(limiter: RedisRateLimiter) -> None:
-        await limiter.acquire()
-        stamps.append(time.monotonic())
+    async def note(seconds: float) -> None:  # woken at once: the slots, not the sleeps, count
+        told.append(seconds)
 
-    await asyncio.gather(*(take(limiters[i % 3]) for i in range(41)))
-    stamps.sort()
-    # 41 slots 25 ms apart span at least one second; no one-second window holds more than 41.
-    assert stamps[-1] - stamps[0] >= 40 / rate - 0.02
-    for i, first in enumerate(stamps):
-        in_window = sum(1 for t in stamps[i:] if t - first < 1.0)
-        assert in_window <= rate + 1
+    limiters = [RedisRateLimiter(redis, rate_key("test"), rate, sleep=note) for _ in range(3)]
+    started = time.monotonic()
+    await asyncio.gather(*(limiters[i % 3].acquire() for i in range(40)))
+    took = time.monotonic() - started
+    # 40 slots, one per caller, (1 + JITTER + SLACK) / rate apart: the first waits for none.
+    interval = (1 + JITTER + SLACK) / rate
+    assert len(told) == 39
+    assert max(told) >= 39 * interval - took
+    assert max(told) <= 39 * interval + 0.001
 
 
 async def test_history_is_trimmed_to_its_cap(store: Store):
@@ -135,3 +136,59 @@ async def test_an_unreadable_event_is_returned_as_none_not_raised(store: Store):
     await store.redis.xadd(EVENTS_STREAM, {"type": "from_the_future", "task_id": "t-1"})
     [(_, event)] = await store.read_group("me", 10, 100)
     assert event is None
+
+
+async def test_callers_woken_late_together_send_at_most_the_rate_and_queue_the_rest(redis):
+    # Eight callers of several replicas come to send at the same moment (Redis's answers with
+    # their slots reached them late, say): five may send, the other three take new slots.
+    rate, callers = 5.0, 8
+    first_waits: list[float] = []
+    requeued_waits: list[float] = []
+
+    def wakes_at_once():
+        slots = 0
+
+        async def sleep(seconds: float) -> None:
+            nonlocal slots
+            slots += 1
+            if slots == 1:
+                first_waits.append(seconds)
+                return
+            requeued_waits.append(seconds)
+            await asyncio.Event().wait()  # queued again: stays there until the test ends
+
+        return sleep
+
+    limiters = [
+        RedisRateLimiter(redis, rate_key("test"), rate, sleep=wakes_at_once())
+        for _ in range(callers)
+    ]
+    tasks = [asyncio.create_task(limiter.acquire()) for limiter in limiters]
+
+    async def settled() -> bool:
+        return sum(task.done() for task in tasks) + len(requeued_waits) == callers
+
+    await wait_for(settled)
+    sent = sum(task.done() for task in tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert sent == rate
+    assert len(requeued_waits) == callers - rate
+    assert min(requeued_waits) > max(first_waits)  # behind every slot given out before
+
+
+async def test_a_caller_woken_late_takes_the_next_slot_instead_of_sending(redis):
+    now = 0.0
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        slept.append(seconds)
+        now += seconds + (0.2 if len(slept) == 1 else 0.0)  # the first wake-up is 200 ms late
+
+    await RedisRateLimiter(redis, rate_key("test"), 10.0).acquire()  # the slot now is taken
+    late = RedisRateLimiter(redis, rate_key("test"), 10.0, clock=lambda: now, sleep=sleep)
+    await late.acquire()
+    assert len(slept) == 2 and slept[1] > slept[0]  # gave its slot up, went on the next one
+    assert await redis.llen(rate_key("test") + ":sent") == 2  # and asked no grant for the first
