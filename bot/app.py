@@ -148,7 +148,7 @@ class Runtime:
 
     def _build_slack(self, token: str, video_hosts: HostPolicy) -> SlackSide:
         settings = self.settings
-        # Built inside the running loop (Runtime.build is called from a coroutine).
+        # One keep-alive session for all Slack calls; aiohttp needs the running loop here.
         session = aiohttp.ClientSession()
         client = make_client(token, settings.SLACK_API_URL, session=session)
         pace = ChannelPace(self.redis, settings.SLACK_POSTS_PER_SECOND)

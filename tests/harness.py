@@ -1,6 +1,7 @@
 """A whole bot on loopback: IVH simulator, fake Slack, private Redis, the real HTTP app.
 
-Requests to /slack/events are signed the way Slack signs them.
+Requests to /slack/events are signed the way Slack signs them; the signing and the payload
+builders here are shared with tests/cluster.py, tests/test_properties.py and bench/.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from bot.app import Runtime, Upstreams
 from bot.config import Settings
@@ -28,17 +30,128 @@ from tests.fake_slack import FakeSlack
 SIGNING_SECRET = "test-signing-secret"
 INTAKE = "intake-token"
 CHANNEL = "C0DEMO"
+FORM = "application/x-www-form-urlencoded"
 
 
-def slack_headers(body: str, *, secret: str = SIGNING_SECRET, at: float | None = None) -> dict:
+# --- Slack requests ---------------------------------------------------------------------------
+
+
+def slack_headers(
+    body: str | bytes,
+    *,
+    secret: str = SIGNING_SECRET,
+    at: float | None = None,
+    content_type: str = FORM,
+) -> dict[str, str]:
     stamp = str(int(time.time() if at is None else at))
-    base = f"v0:{stamp}:{body}".encode()
+    raw = body.encode() if isinstance(body, str) else body
+    base = b"v0:" + stamp.encode() + b":" + raw
     signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
     return {
         "X-Slack-Request-Timestamp": stamp,
         "X-Slack-Signature": signature,
-        "Content-Type": "application/x-www-form-urlencoded",
+        "Content-Type": content_type,
     }
+
+
+def form_body(payload: Any) -> str:
+    """An interactivity request body: the payload as JSON in a `payload` form field."""
+    return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+
+def block_actions(
+    team_id: str,
+    action_id: str,
+    value: str,
+    *,
+    user: str,
+    trigger_id: str,
+    response_url: str,
+    channel: str = CHANNEL,
+    app_id: str = "A0TEST",
+) -> dict[str, Any]:
+    """A click on one of the decision buttons of a message in `channel`."""
+    return {
+        "type": "block_actions",
+        "team": {"id": team_id},
+        "user": {"id": user, "team_id": team_id},
+        "api_app_id": app_id,
+        "token": "legacy",
+        "trigger_id": trigger_id,
+        "channel": {"id": channel},
+        "container": {"type": "message", "channel_id": channel},
+        "response_url": response_url,
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "decide",
+                "value": value,
+                "action_ts": str(time.time()),
+            }
+        ],
+    }
+
+
+def view_submission(
+    team_id: str, metadata: Any, reason: Any, *, user: str | None, trigger_id: str = "trigger-view"
+) -> dict[str, Any]:
+    """The Reject modal submitted with `reason`; without a "user" field when `user` is None."""
+    payload: dict[str, Any] = {"type": "view_submission", "team": {"id": team_id}}
+    if user is not None:
+        payload["user"] = {"id": user, "team_id": team_id}
+    return payload | {
+        "api_app_id": "A0TEST",
+        "token": "legacy",
+        "trigger_id": trigger_id,
+        "view": {
+            "id": "V0TEST",
+            "type": "modal",
+            "callback_id": "reject_reason",
+            "private_metadata": metadata,
+            "state": {
+                "values": {
+                    "reason": {"reason_input": {"type": "plain_text_input", "value": reason}}
+                }
+            },
+        },
+    }
+
+
+def slash_command(
+    team_id: str, text: str, *, user: str, channel: str, response_url: str, trigger_id: str
+) -> dict[str, str]:
+    """The form fields of an `/ivh` slash command."""
+    return {
+        "command": "/ivh",
+        "text": text,
+        "user_id": user,
+        "channel_id": channel,
+        "team_id": team_id,
+        "response_url": response_url,
+        "trigger_id": trigger_id,
+        "token": "legacy",
+    }
+
+
+# --- what the bot has done (also asked by tests/cluster.py of its replicas) ---------------------
+
+
+async def task_posted(store: Store, task_id: str) -> bool:
+    """The task's parent message exists and its video step is finished."""
+    loaded = await store.view(task_id)
+    return bool(loaded and loaded[0].slack_ts and loaded[1].upload is not None)
+
+
+async def events_published(redis: Redis) -> bool:
+    """Every event so far was delivered to a publisher and acknowledged."""
+    groups = await redis.xinfo_groups(EVENTS_STREAM)
+    info = await redis.xinfo_stream(EVENTS_STREAM)
+    last = info["last-generated-id"]
+    return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
+
+
+# --- the bot ------------------------------------------------------------------------------------
 
 
 def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra: Any) -> Settings:
@@ -99,20 +212,14 @@ class Bot:
         """Wait until the task's parent message exists and its video step is finished."""
 
         async def ready() -> bool:
-            loaded = await self.store.view(task_id)
-            done = loaded and loaded[0].slack_ts and loaded[1].upload is not None
-            return bool(done) and await self.published()
+            return await task_posted(self.store, task_id) and await self.published()
 
         await self.until(ready)
         return await self.record(task_id)
 
     async def published(self) -> bool:
         """Every event so far was delivered to a publisher and acknowledged."""
-        redis = self.store.redis
-        groups = await redis.xinfo_groups(EVENTS_STREAM)
-        info = await redis.xinfo_stream(EVENTS_STREAM)
-        last = info["last-generated-id"]
-        return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
+        return await events_published(self.store.redis)
 
     def parent(self, record: TaskRecord) -> Any:
         assert record.slack_channel and record.slack_ts
@@ -123,68 +230,34 @@ class Bot:
         return self.fake.thread(record.slack_channel, record.slack_ts)
 
     async def send(self, payload: dict | None = None, *, form: dict | None = None, **kw: Any):
-        fields = form if form is not None else {"payload": json.dumps(payload)}
-        body = urllib.parse.urlencode(fields)
+        body = form_body(payload) if form is None else urllib.parse.urlencode(form)
         headers = kw.pop("headers", None) or slack_headers(body, **kw)
         return await self.http.post("/slack/events", content=body, headers=headers)
 
     async def click(self, action_id: str, value: str, user: str = "U0ALICE", **kw: Any):
         self.trigger += 1
-        payload = {
-            "type": "block_actions",
-            "team": {"id": self.fake.team_id},
-            "user": {"id": user, "team_id": self.fake.team_id},
-            "api_app_id": "A0TEST",
-            "token": "legacy",
-            "trigger_id": f"trigger-{self.trigger}",
-            "channel": {"id": CHANNEL},
-            "container": {"type": "message", "channel_id": CHANNEL},
-            "response_url": self.fake.response_url(f"{user}-{self.trigger}"),
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": action_id,
-                    "block_id": "decide",
-                    "value": value,
-                    "action_ts": str(time.time()),
-                }
-            ],
-        }
+        payload = block_actions(
+            self.fake.team_id,
+            action_id,
+            value,
+            user=user,
+            trigger_id=f"trigger-{self.trigger}",
+            response_url=self.fake.response_url(f"{user}-{self.trigger}"),
+        )
         return await self.send(payload, **kw)
 
     async def submit_reason(self, metadata: str, reason: str | None, user: str = "U0ALICE"):
-        payload = {
-            "type": "view_submission",
-            "team": {"id": self.fake.team_id},
-            "user": {"id": user, "team_id": self.fake.team_id},
-            "api_app_id": "A0TEST",
-            "token": "legacy",
-            "trigger_id": "trigger-view",
-            "view": {
-                "id": "V0TEST",
-                "type": "modal",
-                "callback_id": "reject_reason",
-                "private_metadata": metadata,
-                "state": {
-                    "values": {
-                        "reason": {"reason_input": {"type": "plain_text_input", "value": reason}}
-                    }
-                },
-            },
-        }
-        return await self.send(payload)
+        return await self.send(view_submission(self.fake.team_id, metadata, reason, user=user))
 
     async def command(self, text: str, user: str = "U0ALICE", channel: str = CHANNEL):
-        form = {
-            "command": "/ivh",
-            "text": text,
-            "user_id": user,
-            "channel_id": channel,
-            "team_id": self.fake.team_id,
-            "response_url": self.fake.response_url(f"cmd-{user}"),
-            "trigger_id": "trigger-cmd",
-            "token": "legacy",
-        }
+        form = slash_command(
+            self.fake.team_id,
+            text,
+            user=user,
+            channel=channel,
+            response_url=self.fake.response_url(f"cmd-{user}"),
+            trigger_id="trigger-cmd",
+        )
         return await self.send(form=form)
 
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import logging
 import math
-import time
 import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -49,7 +46,7 @@ from bot.circuit import Circuit
 from bot.events import Snapshot, transitions
 from bot.ivh import ACTION_PATH, IvhClient, IvhError, Progress, RetryPolicy
 from tests.conftest import serving
-from tests.harness import SIGNING_SECRET
+from tests.harness import slack_headers, view_submission
 
 # --- running hypothesis against the test's event loop -------------------------------------------
 
@@ -712,7 +709,9 @@ class Approvals:
 
 def _is_listener(task: asyncio.Task[Any]) -> bool:
     coro = task.get_coro()
-    return getattr(coro, "__qualname__", "").endswith("run_ack_function_asynchronously")
+    return getattr(coro, "__qualname__", "").endswith(
+        ("run_ack_function_asynchronously", "Handoff._guarded")
+    )
 
 
 @pytest.fixture
@@ -1021,26 +1020,7 @@ async def submit(approvals: Approvals, submission: Submission) -> httpx.Response
         if isinstance(submission.metadata, str)
         else submission.metadata
     )
-    payload: dict[str, Any] = {
-        "type": "view_submission",
-        "team": {"id": approvals.bot.fake.team_id},
-        "api_app_id": "A0TEST",
-        "token": "legacy",
-        "trigger_id": "trigger-view",
-        "view": {
-            "id": "V0TEST",
-            "type": "modal",
-            "callback_id": "reject_reason",
-            "private_metadata": metadata,
-            "state": {
-                "values": {
-                    "reason": {
-                        "reason_input": {"type": "plain_text_input", "value": submission.reason}
-                    }
-                }
-            },
-        },
-    }
+    payload = view_submission(approvals.bot.fake.team_id, metadata, submission.reason, user=None)
     if submission.user is not MISSING:
         payload["user"] = submission.user
     return await approvals.bot.send(payload)
@@ -1166,17 +1146,6 @@ async def test_slash_command_always_answers_in_text(approvals: Approvals):
 # --- malformed bodies, signed correctly -----------------------------------------------------------
 
 
-def signed(body: bytes, content_type: str) -> dict[str, str]:
-    stamp = str(int(time.time()))
-    base = b"v0:" + stamp.encode() + b":" + body
-    digest = hmac.new(SIGNING_SECRET.encode(), base, hashlib.sha256).hexdigest()
-    return {
-        "X-Slack-Request-Timestamp": stamp,
-        "X-Slack-Signature": "v0=" + digest,
-        "Content-Type": content_type,
-    }
-
-
 def form(payload: str) -> bytes:
     return urllib.parse.urlencode({"payload": payload}).encode()
 
@@ -1222,7 +1191,7 @@ async def traces(approvals: Approvals) -> Traces:
 async def post_malformed(approvals: Approvals, example: tuple[bytes, str]) -> httpx.Response:
     body, content_type = example
     return await approvals.bot.http.post(
-        "/slack/events", content=body, headers=signed(body, content_type)
+        "/slack/events", content=body, headers=slack_headers(body, content_type=content_type)
     )
 
 
