@@ -280,18 +280,20 @@ class Publisher:
 
     async def _settle(self, task_id: str, round_: int, moved_by: str | None, at: float) -> bool:
         """Tencent closed `round_`: make sure it is recorded, shown and told in the thread.
-        False while a decision from Slack may still be on its way (its decider records it)."""
+        False while a decider from Slack may still be at work on it (it records and tells)."""
+        claim = await self._store.current_claim(task_id, round_)
+        if claim is not None and time.time() - claim.at < self.settle_after:
+            return False  # someone is deciding in Slack: their call may be what moved it
         decision = await self._store.decision(task_id, round_)
-        if decision is None:
-            claim = await self._store.current_claim(task_id, round_)
-            if claim is not None and time.time() - claim.at < self.settle_after:
-                return False  # someone is deciding in Slack: their call may be what moved it
-            if claim is not None and moved_by == claim.operate:
-                # The decider died after its call took effect: the progress says what it sent.
-                decision = decision_from(claim, round_)
-            else:
-                decision = Decision(round=round_, operate=None, at=at, source="elsewhere")
-        await self._thread.announce(task_id, decision)
+        if decision is None and claim is not None and moved_by == claim.operate:
+            # The decider died after its call took effect: the progress says what it sent.
+            decision = decision_from(claim, round_)
+        elif decision is None:
+            decision = Decision(round=round_, operate=None, at=at, source="elsewhere")
+        try:
+            await self._thread.announce(task_id, decision)
+        except Busy:
+            return False  # another process is telling it right now
         return True
 
     async def _ended(self, entry_id: str, event: Event) -> None:

@@ -15,7 +15,7 @@ async def test_redis_down_then_back(
     sim: RunningSimulator, fake: FakeSlack, own_redis: RedisProcess
 ):
     async with run_bot(sim, fake, own_redis.url) as bot:
-        task = sim.sim.create_task()
+        task = sim.sim.create_task(deliver_seconds=3600)  # "Approved by" stays on the message
         await bot.track(task.task_id)
         record = await bot.posted(task.task_id)
         approve = next(

@@ -97,7 +97,11 @@ async def test_reject_with_reason_starts_round_two_in_the_same_thread(bot: Bot):
 
     async def round_two_posted() -> bool:
         loaded = await bot.store.view(task.task_id)
-        return bool(loaded and loaded[1].round == 2 and loaded[1].upload is not None)
+        if not (loaded and loaded[1].round == 2 and loaded[1].upload is not None):
+            return False
+        approve = button_values(bot.parent(loaded[0])).get("approve", "")
+        shown = approve and messages.parse_button_value(approve)[1] == 2
+        return bool(shown) and len([m for m in bot.thread(loaded[0]) if m.files]) == 2
 
     await bot.until(round_two_posted)
     [reject] = await sim_operations(bot, task.task_id)
