@@ -663,6 +663,8 @@ class Chaos:
         info["gave up"] = sum(bool(s.gave_up) for s in self.stories)
         info["elapsed"] = f"{self.elapsed():.0f} s"
         info["replica log lines: ERROR / CRITICAL / Traceback"] = self._log_problems()
+        if errors := self._error_lines():
+            info["first ERROR / CRITICAL lines"] = "\n    " + "\n    ".join(errors[:5])
 
         must_be_zero = [
             "duplicates",
@@ -782,6 +784,14 @@ class Chaos:
                         counts[word] += 1
         return f"{counts['ERROR']} / {counts['CRITICAL']} / {counts['Traceback']}"
 
+    def _error_lines(self) -> list[str]:
+        return [
+            f"{replica.name}: {line}"
+            for replica in self.cluster.replicas
+            for line in replica.log_text().splitlines()
+            if " ERROR " in line or " CRITICAL " in line
+        ]
+
 
 def main() -> int:
     # A killed replica's half-sent request makes the simulator's aiohttp log a traceback.
@@ -810,7 +820,7 @@ def main() -> int:
     try:
         code = asyncio.run(Chaos(args).run(workdir))
     finally:
-        if code == 0 and not args.keep:
+        if code == 0 and not args.keep:  # a run that logged errors says them in its report
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"logs kept in {workdir}")
