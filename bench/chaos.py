@@ -793,6 +793,11 @@ class Chaos:
         ]
 
 
+def _logged_errors(workdir: Path) -> bool:
+    """Whether a replica logged an ERROR line: its logs are then kept for the traceback."""
+    return any(" ERROR " in path.read_text(errors="replace") for path in workdir.rglob("*.log"))
+
+
 def main() -> int:
     # A killed replica's half-sent request makes the simulator's aiohttp log a traceback.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
@@ -820,7 +825,7 @@ def main() -> int:
     try:
         code = asyncio.run(Chaos(args).run(workdir))
     finally:
-        if code == 0 and not args.keep:  # a run that logged errors says them in its report
+        if code == 0 and not args.keep and not _logged_errors(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"logs kept in {workdir}")

@@ -13,6 +13,11 @@ from handlers.guard import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
+FAILED = (
+    "⚠️ Something went wrong on the bot's side while handling your click."
+    " Check the task's message (or `/ivh status TASK_ID`) before trying again."
+)
+
 
 class Handoff:
     """The tasks started after acks: owned here, so that shutdown can let them finish."""
@@ -32,11 +37,16 @@ class Handoff:
         except RedisError as error:
             log.warning("%s: Redis unavailable: %s", name, error)
             await tell(UNAVAILABLE)
+        except Exception:
+            # A click is never left without an answer, whatever failed (Slack or IVH
+            # unreachable after their retries, a bug).
+            log.exception("%s failed", name)
+            await tell(FAILED)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+            log.error("%s: could not tell the user", task.get_name(), exc_info=task.exception())
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Let work in flight finish for up to `grace` seconds, then cancel the rest."""

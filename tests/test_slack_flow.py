@@ -391,3 +391,16 @@ async def test_posts_keep_the_channel_pace_and_a_busy_channel_holds_up_no_other(
 
         await bot.until(busy_posted)
         assert [c.fault for c in fake.calls_to("chat.postMessage") if c.fault] == []
+
+
+async def test_a_click_whose_handling_fails_unexpectedly_is_still_answered(bot: Bot):
+    """Work after the ack runs in handlers.handoff: an error nobody foresaw (here Slack
+    refusing the message rebuild after the decision went through) is logged and the clicker
+    told to check the message, not left without an answer."""
+    task = bot.sim.sim.create_task(deliver_seconds=3600)
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    bot.fake.fail("chat.update", error="invalid_blocks")
+    await bot.click("approve", button_values(bot.parent(record))["approve"])
+    await bot.until(lambda: _ephemeral_to(bot, "U0ALICE", "Check the task's message"))
+    assert len(await sim_operations(bot, task.task_id)) == 1  # the decision itself was sent
