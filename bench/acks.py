@@ -35,7 +35,6 @@ import aiohttp
 from common import (
     LATENCY_MS,
     BotProcess,
-    add_what_if,
     all_polled,
     click_body,
     command_body,
@@ -62,7 +61,6 @@ class Options:
     interval: float
     background: int
     slack_rate: float
-    what_if: str | None
 
 
 @dataclass
@@ -114,7 +112,6 @@ async def main(o: Options) -> None:
             "background tasks polled": o.background,
             "simulator latency ms": LATENCY_MS,
             "fake Slack chat.postMessage per channel per s": o.slack_rate,
-            "what-if patches (bench/whatif_run.py)": o.what_if or "none",
         },
     )
     ids = [f"ack_{i:04d}" for i in range(o.tasks)]
@@ -122,7 +119,7 @@ async def main(o: Options) -> None:
     solo = [f"solo_{i:02d}" for i in range(o.replicas)]  # one click at a time, first
     channel_of = {task_id: f"CACK{i:05d}" for i, task_id in enumerate(ids + solo)}
     burst = set(ids)
-    async with lab(slack=True, what_if=o.what_if) as the_lab:
+    async with lab(slack=True) as the_lab:
         fake = the_lab.fake
         assert fake is not None
         fake.channel_rate(o.slack_rate)
@@ -283,7 +280,6 @@ def parse() -> Options:
     parser.add_argument("--interval", type=float, default=60, help="POLL_INTERVAL (60)")
     parser.add_argument("--background", type=int, default=0, help="tasks polled meanwhile")
     parser.add_argument("--slack-rate", type=float, default=1.0, help="posts/s per channel")
-    add_what_if(parser)
     args = parser.parse_args()
     return Options(
         args.replicas,
@@ -293,7 +289,6 @@ def parse() -> Options:
         args.interval,
         args.background,
         args.slack_rate,
-        args.what_if,
     )
 
 

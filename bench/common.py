@@ -8,7 +8,6 @@ pointed at them. Everything listens on 127.0.0.1 and is stopped when the benchma
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import contextlib
@@ -52,7 +51,6 @@ BOT_TOKEN = "xoxb-test-token"  # the token FakeSlack accepts
 INTAKE = "bench-intake-token"
 DEFAULT_CHANNEL = "CBENCH0001"
 __all__ = ["Call", "FakeSlack"]  # re-exported for the benchmarks
-BENCH = Path(__file__).resolve().parent
 # Start-up warnings every benchmark process logs on purpose; not problems.
 _EXPECTED = ("SLACK_BOT_TOKEN not set", "APPROVERS nor APPROVER_GROUP", "`token` will be unused")
 
@@ -319,7 +317,6 @@ class Lab:
     sim: Simulator
     running_sim: RunningSimulator
     fake: FakeSlack | None
-    what_if: str | None = None  # patches for bench/whatif_run.py ("all", "sniffio,aiohttp")
     bots: list[BotProcess] = field(default_factory=list)
 
     def env(
@@ -364,12 +361,8 @@ class Lab:
         env = self.env(port=port, qps=qps, interval=interval, slack=slack, **extra)
         log = self.workdir / f"{name}-{len(self.bots)}.log"
         with log.open("wb") as stderr:
-            launcher = ["-m", "bot.cli"]
-            if self.what_if:
-                launcher = [str(BENCH / "whatif_run.py")]
-                env["BENCH_WHAT_IF"] = self.what_if
             process = subprocess.Popen(
-                [sys.executable, *launcher, "run"],
+                [sys.executable, "-m", "bot.cli", "run"],
                 env=env,
                 cwd=self.workdir,  # no .env file of the caller's is read
                 stdin=subprocess.DEVNULL,
@@ -470,9 +463,7 @@ class Lab:
 
 
 @contextlib.asynccontextmanager
-async def lab(
-    *, latency_ms: float = LATENCY_MS, slack: bool = False, what_if: str | None = None
-) -> AsyncIterator[Lab]:
+async def lab(*, latency_ms: float = LATENCY_MS, slack: bool = False) -> AsyncIterator[Lab]:
     """Redis, the IVH simulator (tasks train for LONG unless told) and optionally fake Slack."""
     with tempfile.TemporaryDirectory(prefix="ivh-bench-") as folder:
         workdir = Path(folder)
@@ -487,7 +478,7 @@ async def lab(
             if slack:
                 fake = FakeSlack()
                 await fake.start()
-            the_lab = Lab(workdir, server, redis, Store(redis), sim, running, fake, what_if)
+            the_lab = Lab(workdir, server, redis, Store(redis), sim, running, fake)
             yield the_lab
         finally:
             if the_lab is not None:
@@ -582,14 +573,3 @@ def parent_posts(fake: FakeSlack, channels: Iterable[str]) -> dict[str, list[flo
         if channel in wanted and not call.args.get("thread_ts"):
             found.setdefault(channel, []).append(call.at)
     return found
-
-
-def add_what_if(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--what-if",
-        nargs="?",
-        const="all",
-        metavar="PATCHES",
-        help="start the replicas through bench/whatif_run.py with these proposed product"
-        " changes (comma-separated: redis-pool, sniffio, keepalive, aiohttp; default all)",
-    )

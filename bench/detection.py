@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from common import (
     LATENCY_MS,
-    add_what_if,
     all_polled,
     header,
     lab,
@@ -48,7 +47,6 @@ class Options:
     interval: float
     replicas: int
     slack_rate: float
-    what_if: str | None
     seed: int
 
 
@@ -64,14 +62,13 @@ async def main(o: Options) -> None:
             "replicas": o.replicas,
             "simulator latency ms": LATENCY_MS,
             "fake Slack chat.postMessage per channel per s": o.slack_rate,
-            "what-if patches (bench/whatif_run.py)": o.what_if or "none",
         },
     )
     rng = random.Random(o.seed)
     background = [f"bg_{i:06d}" for i in range(o.background)]
     targets = [f"det_{i:04d}" for i in range(o.targets)]
     channel_of = {task_id: f"CDET{i:05d}" for i, task_id in enumerate(targets)}
-    async with lab(slack=True, what_if=o.what_if) as the_lab:
+    async with lab(slack=True) as the_lab:
         fake = the_lab.fake
         assert fake is not None
         fake.channel_rate(o.slack_rate)
@@ -152,7 +149,6 @@ def parse() -> Options:
     parser.add_argument("--interval", type=float, help="POLL_INTERVAL (default: 1.1 x tasks/Q)")
     parser.add_argument("--replicas", type=int, default=1, help="bot processes (default 1)")
     parser.add_argument("--slack-rate", type=float, default=1.0, help="posts/s per channel")
-    add_what_if(parser)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     interval = args.interval or math.ceil(1.1 * (args.background + args.targets) / args.q)
@@ -163,7 +159,6 @@ def parse() -> Options:
         interval,
         args.replicas,
         args.slack_rate,
-        args.what_if,
         args.seed,
     )
 

@@ -34,7 +34,6 @@ from common import (
     LATENCY_MS,
     Lab,
     LoopLag,
-    add_what_if,
     fmt,
     header,
     lab,
@@ -177,7 +176,7 @@ async def measure(the_lab: Lab, n: int, q: int, replicas: int, ids: list[str]) -
     )
 
 
-async def main(combos: list[tuple[int, int, int]], what_if: str | None) -> None:
+async def main(combos: list[tuple[int, int, int]]) -> None:
     header(
         "poll cycle at the limit",
         {
@@ -185,12 +184,11 @@ async def main(combos: list[tuple[int, int, int]], what_if: str | None) -> None:
             "simulator latency ms": LATENCY_MS,
             "replicas": "separate `ivh-approvals run` processes sharing one Redis",
             "POLL_INTERVAL": "2 N/Q + 10 s",
-            "what-if patches (bench/whatif_run.py)": what_if or "none",
         },
     )
     ids = [f"poll_{i:06d}" for i in range(max(n for n, _, _ in combos))]
     results: list[Result] = []
-    async with lab(what_if=what_if) as the_lab:
+    async with lab() as the_lab:
         the_lab.create_tasks(ids)
         for n, q, replicas in combos:
             result = await measure(the_lab, n, q, replicas, ids)
@@ -223,7 +221,7 @@ async def main(combos: list[tuple[int, int, int]], what_if: str | None) -> None:
     )
 
 
-def parse() -> tuple[list[tuple[int, int, int]], str | None]:
+def parse() -> list[tuple[int, int, int]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -235,14 +233,13 @@ def parse() -> tuple[list[tuple[int, int, int]], str | None]:
     parser.add_argument("--n", type=int, nargs="+", help="tracked tasks (e.g. 1000 10000)")
     parser.add_argument("--q", type=int, nargs="+", help="IVH_MAX_QPS values (e.g. 50 200)")
     parser.add_argument("--replicas", type=int, nargs="+", help="replica counts (e.g. 1 3)")
-    add_what_if(parser)
     args = parser.parse_args()
     combos = FULL if args.full else QUICK
     if args.n or args.q or args.replicas:
         n, q, r = args.n or [1000, 10000], args.q or [50, 200], args.replicas or [1, 3]
         combos = list(itertools.product(n, q, r))
-    return combos, args.what_if
+    return combos
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*parse()))
+    asyncio.run(main(parse()))

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from common import (
     LATENCY_MS,
     Call,
-    add_what_if,
     all_polled,
     fmt,
     header,
@@ -52,7 +51,6 @@ class Options:
     q: float
     interval: float
     replicas: int
-    what_if: str | None
 
 
 def task_in(args: dict[str, object]) -> str | None:
@@ -70,13 +68,12 @@ async def main(o: Options) -> None:
             "POLL_INTERVAL": o.interval,
             "replicas": o.replicas,
             "simulator latency ms": LATENCY_MS,
-            "what-if patches (bench/whatif_run.py)": o.what_if or "none",
         },
     )
     burst = [f"burst_{i:04d}" for i in range(o.tasks)]
     everyone = [*burst, BYSTANDER]
     channels = {task_id: BURST for task_id in burst} | {BYSTANDER: OTHER}
-    async with lab(slack=True, what_if=o.what_if) as the_lab:
+    async with lab(slack=True) as the_lab:
         fake = the_lab.fake
         assert fake is not None
         fake.channel_rate(o.slack_rate)
@@ -184,9 +181,8 @@ def parse() -> Options:
     parser.add_argument("--q", type=float, default=50, help="IVH_MAX_QPS (default 50)")
     parser.add_argument("--interval", type=float, default=5, help="POLL_INTERVAL (default 5)")
     parser.add_argument("--replicas", type=int, default=1, help="bot processes (default 1)")
-    add_what_if(parser)
     args = parser.parse_args()
-    return Options(args.tasks, args.slack_rate, args.q, args.interval, args.replicas, args.what_if)
+    return Options(args.tasks, args.slack_rate, args.q, args.interval, args.replicas)
 
 
 if __name__ == "__main__":

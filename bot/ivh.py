@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.circuit import Circuit
+from bot.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +232,8 @@ class IvhClient:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + ACTION_PATH,
             timeout=timeout,
-            transport=transport,
+            transport=transport or AiohttpTransport(connections=100),
             headers={"Content-Type": "application/json;charset=utf-8"},
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
 
     async def aclose(self) -> None:

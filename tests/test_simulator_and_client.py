@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from bot.ivh import IvhClient, IvhError, RetryPolicy, sign, signed_params
 from bot.simulator import API_PATH, RunningSimulator, Simulator, start
+from bot.transport import AiohttpTransport
 from tests.conftest import wait_for
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
@@ -43,9 +45,9 @@ async def sim() -> AsyncIterator[RunningSimulator]:
     await running.close()
 
 
-def loopback() -> httpx.AsyncHTTPTransport:
-    """Plain HTTP on loopback: skip loading the CA bundle (tens of ms per client)."""
-    return httpx.AsyncHTTPTransport(verify=False)
+def loopback() -> httpx.AsyncBaseTransport:
+    """The transport the product sends through, as a separate object tests can wrap."""
+    return AiohttpTransport()
 
 
 def client_for(
@@ -401,6 +403,38 @@ async def test_a_lost_confirmation_leaves_the_task_waiting(
     assert caught.value.outcome_unknown
     progress = await ivh.get_progress(task_id)
     assert progress.waiting_for_confirmation and progress.round == 1
+
+
+async def test_a_confirmation_that_cannot_connect_is_known_not_sent() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with IvhClient(f"http://127.0.0.1:{port}", "key", "token", timeout=SHORT) as client:
+        with pytest.raises(IvhError) as caught:
+            await client.customer_confirm("t1", "AGREE")
+    assert caught.value.transient and not caught.value.outcome_unknown
+    assert "cannot reach IVH" in caught.value.message
+
+
+async def test_a_confirmation_whose_connection_drops_unanswered_is_unknown() -> None:
+    arrived = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the whole request head: it was sent
+        arrived.set()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with IvhClient(f"http://127.0.0.1:{port}", "k", "t", timeout=SHORT) as client:
+            with pytest.raises(IvhError) as caught:
+                await client.customer_confirm("t1", "AGREE")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert arrived.is_set()
+    assert caught.value.transient and caught.value.outcome_unknown
 
 
 async def test_a_held_confirmation_applies_at_once_and_answers_on_release(
