@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 from redis.exceptions import RedisError
@@ -28,6 +30,9 @@ RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead 
 SETTLE_AFTER = 30.0  # a Slack claim this old while the task moved on: its holder died
 BLOCK_MS = 2_000
 CONCURRENCY = 16  # events handled side by side (of different tasks: a task's go in order)
+PER_CHANNEL = 2  # of them in one channel: Slack takes about a post a second there anyway
+HELD = 1_000  # events read and claimed at most, most of them waiting for a busy channel
+BACKLOG_WARNING = 100  # events of one channel held here: minutes behind Slack's pace
 MAX_ATTEMPTS = 20  # an event that failed this often is dropped with an error
 # Slack errors that no retry will fix: the event is dropped with an error in the log.
 FATAL_SLACK_ERRORS = frozenset(
@@ -41,6 +46,53 @@ class RetryLater(Exception):
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ChannelGates:
+    """At most `per_channel` events of one channel at work at once. The others wait here,
+    outside the publisher's slots, so that a burst in one channel holds up no other."""
+
+    def __init__(self, per_channel: int, warn_at: int = BACKLOG_WARNING) -> None:
+        self._per_channel = per_channel
+        self._warn_at = warn_at
+        self._gates: dict[str, tuple[asyncio.Semaphore, int]] = {}  # channel -> gate, users
+        self.waiting = 0
+
+    @property
+    def channels(self) -> int:
+        """Channels with events at work or waiting (the rest are forgotten)."""
+        return len(self._gates)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel: str | None) -> AsyncIterator[None]:
+        if channel is None:
+            yield
+            return
+        gate, users = self._gates.get(channel) or (asyncio.Semaphore(self._per_channel), 0)
+        self._gates[channel] = (gate, users + 1)
+        if users + 1 == self._warn_at:
+            log.warning(
+                "channel %s: %d events wait for its turn at Slack's per-channel pace"
+                " (SLACK_POSTS_PER_SECOND); they are posted in order, later than usual",
+                channel,
+                self._warn_at,
+            )
+        try:
+            self.waiting += 1
+            try:
+                await gate.acquire()
+            finally:
+                self.waiting -= 1
+            try:
+                yield
+            finally:
+                gate.release()
+        finally:
+            gate, users = self._gates[channel]
+            if users == 1:
+                del self._gates[channel]
+            else:
+                self._gates[channel] = (gate, users - 1)
 
 
 class Publisher:
@@ -67,6 +119,8 @@ class Publisher:
         self._video_time_limit = video_time_limit
         self._consumer = consumer or consumer_name()
         self.running = False
+        self._gates = ChannelGates(PER_CHANNEL)
+        self._slots = asyncio.Semaphore(CONCURRENCY)
         self.reclaim_idle_ms = int(reclaim_after * 1000)
         self.settle_after = settle_after
 
@@ -77,7 +131,9 @@ class Publisher:
         try:
             while True:
                 stop_if_cancelled()
-                free = CONCURRENCY - len(working)
+                # Events held behind a busy channel take no slot: the stream is read past them.
+                at_work = len(working) - self._gates.waiting
+                free = min(CONCURRENCY - at_work, HELD - len(working))
                 if free <= 0:
                     await asyncio.wait(working.values(), return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -137,13 +193,18 @@ class Publisher:
         try:
             if before is not None:
                 await asyncio.wait([before])
-            await self.process(entry_id, event)
+            async with self._gates.hold(await self._channel_of(event)), self._slots:
+                await self.process(entry_id, event)
         except RedisError as error:
             log.warning("event %s: Redis unavailable (%s); will retry", entry_id, error)
         except Exception:
             log.exception("event %s: unexpected error; will retry", entry_id)
         finally:
             heartbeat.cancel()
+
+    async def _channel_of(self, event: Event | None) -> str | None:
+        record = await self._store.get(event.task_id) if event else None
+        return self._thread.channel_for(record) if record else None
 
     async def process(self, entry_id: str, event: Event | None) -> None:
         """Handle one event; acknowledge it when done or when retrying cannot help."""
