@@ -57,6 +57,14 @@ class Decider:
 
     async def refusal(self, task_id: str, round_: int, user: str) -> str | None:
         """Why `user` cannot decide this round now, or None. Button values are untrusted."""
+        return await self._round_refusal(task_id, round_) or await self._user_refusal(user)
+
+    async def _user_refusal(self, user: str) -> str | None:
+        if not await self._approvers.allows(user):
+            return f"Only approvers can decide ({self._approvers.describe()})."
+        return None
+
+    async def _round_refusal(self, task_id: str, round_: int) -> str | None:
         loaded = await self._store.view(task_id)
         if loaded is None:
             return "I don't track this task (any more)."
@@ -68,8 +76,6 @@ class Decider:
             return f"This round is closed: {messages.fallback_text(view)}."
         if view.phase != Phase.PENDING:
             return "This task is not waiting for a decision."
-        if not await self._approvers.allows(user):
-            return f"Only approvers can decide ({self._approvers.describe()})."
         return None
 
     async def decide(
@@ -82,7 +88,7 @@ class Decider:
         reason: str = "",
     ) -> None:
         """Claim the round, send the decision once, and show the outcome (or why not)."""
-        refusal = await self.refusal(task_id, round_, user)
+        refusal = await self._user_refusal(user)  # before the claim: it would block approvers
         if refusal:
             await notify(refusal)
             return
@@ -94,9 +100,9 @@ class Decider:
             verb = "approved" if holder.operate == "AGREE" else "rejected"
             await notify(f"Already being {verb} by {messages.who(holder.user)}.")
             return
-        # Checked again now that the round is ours: a decision recorded between the first
-        # check and the claim (by another replica) closes it.
-        refusal = await self.refusal(task_id, round_, user)
+        # Checked once the round is ours: a decision recorded before the claim (by another
+        # replica, whose claim is gone) closes it, and none can be recorded after it.
+        refusal = await self._round_refusal(task_id, round_)
         if refusal:
             await self._store.release(task_id, round_, claim.token)
             await notify(refusal)
