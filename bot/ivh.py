@@ -184,11 +184,11 @@ class Progress(BaseModel):
 
 
 class Limiter(Protocol):
-    async def acquire(self) -> None: ...
+    async def acquire(self, *, priority: bool = False) -> None: ...
 
 
 class _NoLimit:
-    async def acquire(self) -> None:
+    async def acquire(self, *, priority: bool = False) -> None:
         return None
 
 
@@ -294,7 +294,7 @@ class IvhClient:
                 request_id,
                 transient=True,
             )
-        await self._limiter.acquire()
+        await self._limiter.acquire(priority=confirm)  # a user waits for a confirmation
         try:
             answer = await self._send(action, payload, request_id, confirm=confirm)
         except IvhError as error:

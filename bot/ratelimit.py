@@ -24,11 +24,13 @@ return tat - now
 
 # When its slot comes, a caller asks to send: granted (1) unless `limit` sends were granted
 # within the last `window` microseconds. KEYS[1] lists the latest grant times, newest first.
+# A background caller also names the priority slots (KEYS[2]): refused while any is reserved.
 _SEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+if KEYS[2] and tonumber(redis.call('GET', KEYS[2]) or '0') > now then return 0 end
 local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
 if oldest and now - tonumber(oldest) < window then return 0 end
 redis.call('LPUSH', KEYS[1], string.format('%.0f', now))
@@ -45,6 +47,11 @@ return 1
 # Requests that reach the server within JITTER of their grant then make at most `rate` in any
 # one second there. Slots are (1 + JITTER + SLACK) / rate apart, so that callers on time are
 # not refused for a few ms of jitter: a cycle of N polls takes about 7 % longer than N / rate.
+#
+# Priority callers (a user's decision) keep their own queue of slots, so that they do not wait
+# behind the slots background work (polls) has already reserved. While priority slots are
+# reserved, background callers are refused (and reserve again): the grants, shared by both,
+# go to the priority callers first and still hold the rate.
 JITTER = 0.05
 SLACK = 0.02
 
@@ -66,7 +73,9 @@ class RedisRateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self._slots = [key]
+        self._priority_slots = [f"{key}:priority"]
         self._grants = [f"{key}:sent"]
+        self._grants_after_priority = [*self._grants, *self._priority_slots]
         self._interval_us = max(1, round(1_000_000 * (1 + JITTER + SLACK) / rate))
         limit = max(1, int(rate))  # grants per window; the window is a second for whole rates
         self._send_args = [limit, round(1_000_000 * (1 + JITTER) * limit / rate)]
@@ -75,14 +84,17 @@ class RedisRateLimiter:
         self._clock = clock
         self._sleep = sleep
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, priority: bool = False) -> None:
+        slots, grants = self._slots, self._grants_after_priority
+        if priority:
+            slots, grants = self._priority_slots, self._grants
         while True:
-            wait = int(await self._reserve(keys=self._slots, args=[self._interval_us])) / 1e6
+            wait = int(await self._reserve(keys=slots, args=[self._interval_us])) / 1e6
             due = self._clock() + wait
             if wait > 0:
                 await self._sleep(wait)
             if self._clock() - due > JITTER:
                 continue  # woken too late: going now would add to the next slots' requests
-            if await self._send(keys=self._grants, args=self._send_args):
+            if await self._send(keys=grants, args=self._send_args):
                 return
             # `rate` requests went out within the window (others went late): take the next slot.

@@ -86,6 +86,53 @@ async def test_rate_limiter_spaces_requests_across_clients(redis):
     assert max(told) <= (callers - 1) * interval + 0.001
 
 
+async def test_a_priority_caller_does_not_queue_behind_reserved_slots(redis):
+    """Polls reserve slots ahead; a user's confirmation takes the next priority slot and is
+    granted at once while the window has room (broken: it waited behind all ten)."""
+    rate = 20.0
+    told: list[tuple[bool, float]] = []
+
+    def noting(priority: bool):
+        async def note(seconds: float) -> None:
+            told.append((priority, seconds))
+
+        return note
+
+    polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(False))
+    users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(True))
+    await asyncio.gather(*(redis.ping() for _ in range(10)))  # connections ready first
+    await asyncio.gather(*(polls.acquire() for _ in range(10)))
+    await users.acquire(priority=True)
+    interval = (1 + JITTER + SLACK) / rate
+    assert max(seconds for priority, seconds in told if not priority) >= 8 * interval
+    assert [seconds for priority, seconds in told if priority] == []  # no wait at all
+
+
+async def test_background_callers_are_refused_while_a_priority_slot_is_reserved(redis):
+    """A poll whose slot comes while a confirmation waits for its own slot is refused and
+    reserves again (broken: it went first, taking the grant the confirmation needed)."""
+    rate = 5.0  # slots 0.21 s apart: far longer than this test's steps
+    sleeping, released = asyncio.Event(), asyncio.Event()
+    polls_told: list[float] = []
+
+    async def held(seconds: float) -> None:
+        sleeping.set()
+        await released.wait()
+
+    async def note(seconds: float) -> None:
+        polls_told.append(seconds)
+
+    users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=held)
+    polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=note)
+    await users.acquire(priority=True)  # the first priority slot: sent at once
+    waiting = asyncio.create_task(users.acquire(priority=True))  # the next: held in its sleep
+    await asyncio.wait_for(sleeping.wait(), 5)
+    await asyncio.wait_for(polls.acquire(), 5)
+    assert len(polls_told) >= 1  # refused at least once: it had to reserve a later slot
+    released.set()
+    await asyncio.wait_for(waiting, 5)
+
+
 async def test_history_is_trimmed_to_its_cap(store: Store):
     from bot.store import HISTORY_MAX, history_key
 
