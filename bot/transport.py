@@ -32,13 +32,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, connections: int = 100) -> None:
         self._connections = connections
+        self._tls = _tls()  # loaded now, at start-up: not in the way of the first request
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: aiohttp wants the running loop.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, ssl=_tls()),
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._tls),
                 auto_decompress=False,  # httpx decodes by Content-Encoding, as it always does
                 cookie_jar=aiohttp.DummyCookieJar(),  # cookies are httpx's business
             )
