@@ -100,7 +100,8 @@ async def test_a_priority_caller_does_not_queue_behind_reserved_slots(redis):
 
     polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(False))
     users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(True))
-    await asyncio.gather(*(redis.ping() for _ in range(10)))  # connections ready first
+    await asyncio.gather(*(redis.ping() for _ in range(10)))  # connections ready first,
+    await RedisRateLimiter(redis, rate_key("warm"), rate).acquire()  # and the scripts loaded
     await asyncio.gather(*(polls.acquire() for _ in range(10)))
     await users.acquire(priority=True)
     interval = (1 + JITTER + SLACK) / rate
