@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -195,6 +196,11 @@ class Store:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    async def open_connections(self, count: int) -> None:
+        """Fill the pool with `count` connections now: each costs a handshake of several round
+        trips, which the first burst of clicks after start-up would otherwise pay for."""
+        await asyncio.gather(*(self.redis.ping() for _ in range(count)))
 
     # --- tasks ---------------------------------------------------------------------------
 

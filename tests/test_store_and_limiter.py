@@ -245,3 +245,10 @@ async def test_a_caller_woken_late_takes_the_next_slot_instead_of_sending(redis)
     await late.acquire()
     assert len(slept) == 2 and slept[1] > slept[0]  # gave its slot up, went on the next one
     assert await redis.llen(rate_key("test") + ":sent") == 2  # and asked no grant for the first
+
+
+async def test_connections_are_opened_ahead_of_a_burst(store: Store):
+    before = len(await store.redis.client_list())
+    await store.open_connections(12)
+    after = len(await store.redis.client_list())
+    assert after - before >= 11  # twelve open now (one was), not one connection reused
