@@ -13,8 +13,8 @@ from bot import messages
 from bot.approvers import Approvers
 from bot.ivh import REASON_MAX, IvhClient, IvhError
 from bot.slack import Busy, Thread
-from bot.state import Decision, Phase
-from bot.store import Claim, Store
+from bot.state import Decision, Phase, TaskView
+from bot.store import Claim, Store, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,20 @@ def reason_problem(text: str) -> str | None:
     return None
 
 
+def round_refusal(loaded: tuple[TaskRecord, TaskView] | None, round_: int) -> str | None:
+    """Why nobody can decide `round_` of the task as loaded, or None."""
+    if loaded is None:
+        return "I don't track this task (any more)."
+    _, view = loaded
+    if round_ != view.round:
+        return f"This button belongs to round {round_}; round {view.round} is current."
+    if view.current_decision is not None:
+        return f"This round is closed: {messages.fallback_text(view)}."
+    if view.phase != Phase.PENDING:
+        return "This task is not waiting for a decision."
+    return None
+
+
 class Decider:
     def __init__(
         self,
@@ -57,25 +71,12 @@ class Decider:
 
     async def refusal(self, task_id: str, round_: int, user: str) -> str | None:
         """Why `user` cannot decide this round now, or None. Button values are untrusted."""
-        return await self._round_refusal(task_id, round_) or await self._user_refusal(user)
+        loaded = await self._store.view(task_id)
+        return round_refusal(loaded, round_) or await self._user_refusal(user)
 
     async def _user_refusal(self, user: str) -> str | None:
         if not await self._approvers.allows(user):
             return f"Only approvers can decide ({self._approvers.describe()})."
-        return None
-
-    async def _round_refusal(self, task_id: str, round_: int) -> str | None:
-        loaded = await self._store.view(task_id)
-        if loaded is None:
-            return "I don't track this task (any more)."
-        _, view = loaded
-        if round_ != view.round:
-            return f"This button belongs to round {round_}; round {view.round} is current."
-        decision = view.current_decision
-        if decision is not None:
-            return f"This round is closed: {messages.fallback_text(view)}."
-        if view.phase != Phase.PENDING:
-            return "This task is not waiting for a decision."
         return None
 
     async def decide(
@@ -95,14 +96,15 @@ class Decider:
         claim = Claim(
             user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex, reason=reason
         )
-        holder = await self._store.claim(task_id, round_, claim, self._claim_ttl)
+        holder, loaded = await self._store.claim(task_id, round_, claim, self._claim_ttl)
         if holder is not None:
             verb = "approved" if holder.operate == "AGREE" else "rejected"
             await notify(f"Already being {verb} by {messages.who(holder.user)}.")
             return
-        # Checked once the round is ours: a decision recorded before the claim (by another
-        # replica, whose claim is gone) closes it, and none can be recorded after it.
-        refusal = await self._round_refusal(task_id, round_)
+        # The task as read right after the claim was taken, in the same round trip: a decision
+        # recorded before it (by another replica, whose claim is gone) closes the round, and
+        # none can be recorded while we hold it.
+        refusal = round_refusal(loaded, round_)
         if refusal:
             await self._store.release(task_id, round_, claim.token)
             await notify(refusal)

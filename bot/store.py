@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
@@ -267,21 +268,8 @@ class Store:
     async def view(self, task_id: str) -> tuple[TaskRecord, TaskView] | None:
         """Read everything a message is built from, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(task_key(task_id))
-            pipe.hgetall(decisions_key(task_id))
-            pipe.hgetall(uploads_key(task_id))
-            pipe.hgetall(demos_key(task_id))
-            raw, decisions, uploads, demos = await pipe.execute()
-        if not raw:
-            return None
-        record = TaskRecord.from_hash(_decode(raw))
-        view = view_of(
-            record,
-            {int(k): Decision.model_validate_json(v) for k, v in _decode(decisions).items()},
-            {int(k): Upload.model_validate_json(v) for k, v in _decode(uploads).items()},
-            {int(k): json.loads(v) for k, v in _decode(demos).items()},
-        )
-        return record, view
+            _read_view(pipe, task_id)
+            return _view_from(await pipe.execute())
 
     async def save_demos(self, task_id: str, round_: int, urls: list[str]) -> None:
         await self.redis.hset(demos_key(task_id), str(round_), json.dumps(urls))
@@ -324,15 +312,22 @@ class Store:
     async def unlock(self, name: str, token: str) -> None:
         await self._release(keys=[lock_key(name)], args=[token])
 
-    async def claim(self, task_id: str, round_: int, claim: Claim, ttl: float) -> Claim | None:
-        """Take the right to decide a round: None when we got it, else the holder's claim."""
+    async def claim(
+        self, task_id: str, round_: int, claim: Claim, ttl: float
+    ) -> tuple[Claim | None, tuple[TaskRecord, TaskView] | None]:
+        """Take the right to decide a round: None when we got it, else the holder's claim;
+        with the task as it stands once the claim is taken, read in the same round trip."""
         key = claim_key(task_id, round_)
         while True:
-            if await self.redis.set(key, claim.model_dump_json(), nx=True, px=int(ttl * 1000)):
-                return None
-            raw = await self.redis.get(key)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, claim.model_dump_json(), nx=True, px=int(ttl * 1000))
+                pipe.get(key)
+                _read_view(pipe, task_id)
+                taken, raw, *view = await pipe.execute()
+            if taken:
+                return None, _view_from(view)
             if raw:  # else it expired between the two calls: try again
-                return Claim.model_validate_json(raw)
+                return Claim.model_validate_json(raw), _view_from(view)
 
     async def current_claim(self, task_id: str, round_: int) -> Claim | None:
         raw = await self.redis.get(claim_key(task_id, round_))
@@ -535,3 +530,24 @@ def _text(value: bytes | str) -> str:
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _read_view(pipe: Pipeline, task_id: str) -> None:
+    pipe.hgetall(task_key(task_id))
+    pipe.hgetall(decisions_key(task_id))
+    pipe.hgetall(uploads_key(task_id))
+    pipe.hgetall(demos_key(task_id))
+
+
+def _view_from(replies: list[Any]) -> tuple[TaskRecord, TaskView] | None:
+    raw, decisions, uploads, demos = replies
+    if not raw:
+        return None
+    record = TaskRecord.from_hash(_decode(raw))
+    view = view_of(
+        record,
+        {int(k): Decision.model_validate_json(v) for k, v in _decode(decisions).items()},
+        {int(k): Upload.model_validate_json(v) for k, v in _decode(uploads).items()},
+        {int(k): json.loads(v) for k, v in _decode(demos).items()},
+    )
+    return record, view

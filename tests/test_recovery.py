@@ -43,7 +43,8 @@ async def _posted_with_claim(bot: Bot, claim_age: float, operate: str = "REJECT"
     claim = Claim(
         user="U0GONE", operate=operate, at=time.time() - claim_age, token="dead", reason="too dark"
     )
-    assert await bot.store.claim(task.task_id, 1, claim, ttl=60) is None
+    holder, _ = await bot.store.claim(task.task_id, 1, claim, ttl=60)
+    assert holder is None
     return task, record
 
 

@@ -5,7 +5,7 @@ import time
 
 from bot.events import Snapshot, build_events
 from bot.ratelimit import JITTER, SLACK, RedisRateLimiter
-from bot.store import EVENTS_STREAM, Store, TaskState, rate_key
+from bot.store import EVENTS_STREAM, Claim, Store, TaskState, rate_key
 from tests.conftest import wait_for
 
 WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
@@ -252,3 +252,15 @@ async def test_connections_are_opened_ahead_of_a_burst(store: Store):
     await store.open_connections(12)
     after = len(await store.redis.client_list())
     assert after - before >= 11  # twelve open now (one was), not one connection reused
+
+
+async def test_a_claim_comes_with_the_task_as_it_stands_once_taken(store: Store):
+    alice = Claim(user="U0ALICE", operate="AGREE", at=1.0, token="a")
+    bob = Claim(user="U0BOB", operate="REJECT", at=2.0, token="b", reason="stiff")
+    assert await store.claim("t-1", 1, alice, ttl=60) == (None, None)  # not tracked
+    await store.release("t-1", 1, "a")
+    await store.track("t-1", channel="C1", title="Anna", tracked_by="cli")
+    holder, loaded = await store.claim("t-1", 1, alice, ttl=60)
+    assert holder is None and loaded is not None and loaded[0].title == "Anna"
+    holder, loaded = await store.claim("t-1", 1, bob, ttl=60)
+    assert holder == alice and loaded is not None and loaded[0].channel == "C1"
