@@ -428,6 +428,14 @@ class Cluster:
         """Every event so far was delivered to a publisher and acknowledged."""
         return await events_published(self.redis)
 
+    async def wait_finished(self, task_id: str, what: str, within: float = 15) -> None:
+        """Until the task's message is posted and every event so far is acknowledged."""
+
+        async def finished() -> bool:
+            return await self.posted(task_id) and await self.published()
+
+        await until(finished, within, what, detail=self.tails)
+
     async def wait_posted(self, task_id: str, within: float = 20) -> TaskRecord:
         await until(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
         record = await self.store.get(task_id)

@@ -306,10 +306,7 @@ async def test_killed_mid_upload_another_replica_finishes_the_event(cluster: Mak
     c.fake.release("upload")  # the dead process's bytes arrive; it never shares the file
     await c.expire_dead_leases()
 
-    async def finished() -> bool:
-        return await c.posted(task.task_id) and await c.published()
-
-    await until(finished, 15, "another replica uploaded the video", detail=c.tails)
+    await c.wait_finished(task.task_id, "another replica uploaded the video")
     [parent] = c.parents(task.task_id)
     record = await c.store.get(task.task_id)
     assert record is not None and record.slack_ts == parent.ts  # the post was not redone
@@ -339,10 +336,7 @@ async def test_a_message_posted_by_a_process_killed_before_recording_it_is_used(
     await c.redis.delete(lock_key(f"parent:{task.task_id}"))  # stands in for its 2-min expiry
     await c.expire_dead_leases()
 
-    async def finished() -> bool:
-        return await c.posted(task.task_id) and await c.published()
-
-    await until(finished, 15, "another replica finished the task's message", detail=c.tails)
+    await c.wait_finished(task.task_id, "another replica finished the task's message")
     [parent] = c.parents(task.task_id)
     record = await c.store.get(task.task_id)
     assert record is not None and record.slack_ts == parent.ts
