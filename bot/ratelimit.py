@@ -8,35 +8,44 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-# GCRA with a burst of one: each caller reserves the next free slot on the Redis server's
-# clock and learns how long to wait for it: no polling, no thundering herd.
-_RESERVE = """
+# Shared by both scripts: Redis's clock, and the grant. A send is granted unless `limit`
+# sends were granted within the last `window` microseconds (`sent` lists the latest grant
+# times, newest first); a background caller also names the priority slots, and is refused
+# while any is reserved.
+_GRANT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function grant(sent, priority, limit, window)
+  if priority and tonumber(redis.call('GET', priority) or '0') > now then return false end
+  local oldest = redis.call('LINDEX', sent, limit - 1)
+  if oldest and now - tonumber(oldest) < window then return false end
+  redis.call('LPUSH', sent, string.format('%.0f', now))
+  redis.call('LTRIM', sent, 0, limit - 1)
+  redis.call('PEXPIRE', sent, math.ceil(window / 1000) + 1000)
+  return true
+end
+"""
+
+# GCRA with a burst of one: each caller reserves the next free slot (KEYS[1]) on the Redis
+# server's clock and learns how long to wait for it: no polling, no thundering herd. A slot
+# that is free now is granted in the same step (-1: send now), which saves an idle caller a
+# round trip; refused (-2), the caller reserves again. Otherwise: the wait in microseconds.
+_RESERVE = _GRANT + """
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local after = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX',
            math.ceil((after - now) / 1000) + 1000)
-return tat - now
+if tat > now then return tat - now end
+if grant(KEYS[2], KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3])) then return -1 end
+return -2
 """
 
-# When its slot comes, a caller asks to send: granted (1) unless `limit` sends were granted
-# within the last `window` microseconds. KEYS[1] lists the latest grant times, newest first.
-# A background caller also names the priority slots (KEYS[2]): refused while any is reserved.
-_SEND = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-if KEYS[2] and tonumber(redis.call('GET', KEYS[2]) or '0') > now then return 0 end
-local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
-if oldest and now - tonumber(oldest) < window then return 0 end
-redis.call('LPUSH', KEYS[1], string.format('%.0f', now))
-redis.call('LTRIM', KEYS[1], 0, limit - 1)
-redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-return 1
+# When its slot comes, a caller asks to send: 1 granted, 0 refused.
+_SEND = _GRANT + """
+if grant(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 1 end
+return 0
 """
 
 # Slots alone do not hold the rate at the server: a caller that its busy event loop wakes late
@@ -54,6 +63,7 @@ return 1
 # go to the priority callers first and still hold the rate.
 JITTER = 0.05
 SLACK = 0.02
+NOW, REFUSED = -1, -2  # what _RESERVE answers besides a wait
 
 Sleep = Callable[[float], Awaitable[object]]
 
@@ -79,6 +89,7 @@ class RedisRateLimiter:
         self._interval_us = max(1, round(1_000_000 * (1 + JITTER + SLACK) / rate))
         limit = max(1, int(rate))  # grants per window; the window is a second for whole rates
         self._send_args = [limit, round(1_000_000 * (1 + JITTER) * limit / rate)]
+        self._reserve_args = [self._interval_us, *self._send_args]
         self._reserve = redis.register_script(_RESERVE)
         self._send = redis.register_script(_SEND)
         self._clock = clock
@@ -89,7 +100,12 @@ class RedisRateLimiter:
         if priority:
             slots, grants = self._priority_slots, self._grants
         while True:
-            wait = int(await self._reserve(keys=slots, args=[self._interval_us])) / 1e6
+            told = int(await self._reserve(keys=[*slots, *grants], args=self._reserve_args))
+            if told == NOW:
+                return
+            if told == REFUSED:
+                continue
+            wait = told / 1e6
             due = self._clock() + wait
             if wait > 0:
                 await self._sleep(wait)

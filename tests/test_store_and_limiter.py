@@ -264,3 +264,21 @@ async def test_a_claim_comes_with_the_task_as_it_stands_once_taken(store: Store)
     assert holder is None and loaded is not None and loaded[0].title == "Anna"
     holder, loaded = await store.claim("t-1", 1, bob, ttl=60)
     assert holder == alice and loaded is not None and loaded[0].channel == "C1"
+
+
+async def test_an_idle_caller_is_granted_in_one_round_trip(redis):
+    """Reserving a slot that is free now also grants the send (broken: a second script)."""
+
+    async def scripts_run() -> int:
+        stats = await redis.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+    async def never(seconds: float) -> None:
+        raise AssertionError(f"an idle caller was told to wait {seconds} s")
+
+    limiter = RedisRateLimiter(redis, rate_key("test"), 1.0, sleep=never)
+    await RedisRateLimiter(redis, rate_key("warm"), 1.0).acquire()  # the script is loaded
+    before = await scripts_run()
+    await limiter.acquire()
+    assert await scripts_run() - before == 1
+    assert await redis.llen(rate_key("test") + ":sent") == 1  # and the grant is recorded
