@@ -30,7 +30,9 @@ end
 # server's clock and learns how long to wait for it: no polling, no thundering herd. A slot
 # that is free now is granted in the same step (-1: send now), which saves an idle caller a
 # round trip; refused (-2), the caller reserves again. Otherwise: the wait in microseconds.
-_RESERVE = _GRANT + """
+_RESERVE = (
+    _GRANT
+    + """
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
@@ -41,12 +43,16 @@ if tat > now then return tat - now end
 if grant(KEYS[2], KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3])) then return -1 end
 return -2
 """
+)
 
 # When its slot comes, a caller asks to send: 1 granted, 0 refused.
-_SEND = _GRANT + """
+_SEND = (
+    _GRANT
+    + """
 if grant(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 1 end
 return 0
 """
+)
 
 # Slots alone do not hold the rate at the server: a caller that its busy event loop wakes late
 # goes out together with the callers of the next slots. So a caller woken more than JITTER
