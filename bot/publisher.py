@@ -21,7 +21,7 @@ from bot.decisions import decision_from
 from bot.events import Event, EventType, operate_that_left
 from bot.slack import Busy, Thread, slack_error
 from bot.state import Decision, Upload
-from bot.store import Store
+from bot.store import Store, TaskRecord
 from bot.video import HostPolicy, VideoError, copy_to_thread
 
 log = logging.getLogger(__name__)
@@ -308,9 +308,15 @@ class Publisher:
         error = "" if total else "Tencent gave no demo link"
         for index, url in enumerate(event.demo_urls, 1):
             step = f"video:{index}"
-            if not await self._step(entry_id, step):
+            if not await self._step(entry_id, step) or await self._shared_before(
+                entry_id, step, record
+            ):
                 copied += 1
                 continue
+
+            async def sharing(file_id: str, step: str = step) -> None:
+                await self._store.mark_step(entry_id, f"{step}:file", file_id)
+
             try:
                 await copy_to_thread(
                     self._thread.client,
@@ -323,6 +329,7 @@ class Publisher:
                     channel=record.slack_channel,
                     thread_ts=record.slack_ts,
                     comment=messages.upload_comment(view, index, total),
+                    sharing=sharing,
                 )
             except VideoError as failure:
                 log.warning("task %s round %d: video %d: %s", task_id, event.round, index, failure)
@@ -334,6 +341,18 @@ class Publisher:
         await self._store.save_upload(task_id, upload)
         if not upload.ok:
             await self._thread.reply(record, messages.upload_failed_reply(event.round, error))
+
+    async def _shared_before(self, entry_id: str, step: str, record: TaskRecord) -> bool:
+        """A video whose share a killed process sent but did not record: found in the
+        thread, it is recorded now instead of uploaded a second time."""
+        file_id = await self._store.step_done(entry_id, f"{step}:file")
+        if file_id is None or not await self._thread.has_file(record, file_id):
+            return False
+        log.warning(
+            "task %s: %s was shared before a crash; not uploading it again", record.task_id, step
+        )
+        await self._store.mark_step(entry_id, step)
+        return True
 
     async def _left(self, entry_id: str, event: Event) -> None:
         if not await self._settle(event.task_id, event.round, operate_that_left(event), event.at):

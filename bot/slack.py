@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # How long one process may hold the right to post a task's message or a reply. Longer than a
 # post takes, 429s waited out included; a process that dies holding it delays the post this long.
 POST_LOCK_SECONDS = 120.0
+THREAD_PAGES = 10  # of 200 messages: far more than a task's rounds, replies and videos
 
 
 class Busy(Exception):
@@ -170,6 +171,30 @@ class Thread:
                 )
                 return channel, str(message["ts"])
         return None
+
+    async def has_file(self, record: TaskRecord, file_id: str) -> bool:
+        """Whether the file `file_id` was shared into the task's thread (by a process that
+        died before recording it). False when the thread cannot be read: upload anew."""
+        assert record.slack_channel and record.slack_ts
+        cursor = None
+        try:
+            for _ in range(THREAD_PAGES):
+                answer = await self.client.conversations_replies(
+                    channel=record.slack_channel, ts=record.slack_ts, limit=200, cursor=cursor
+                )
+                for message in answer.get("messages") or []:
+                    if any(f.get("id") == file_id for f in message.get("files") or []):
+                        return True
+                cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    return False
+        except SlackApiError as error:
+            log.warning(
+                "task %s: cannot look for a video shared before a crash (%s); uploading anew",
+                record.task_id,
+                slack_error(error),
+            )
+        return False
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, name: str, doing: str) -> AsyncIterator[None]:

@@ -27,6 +27,7 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+Sharing = Callable[[str], Awaitable[None]]  # told a file's id before it is shared
 
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _SHOWABLE = re.compile(r"[a-z0-9.:_-]{1,100}")
@@ -310,12 +311,18 @@ async def upload(
     channel: str,
     thread_ts: str,
     comment: str,
+    sharing: Sharing | None = None,
 ) -> str:
-    """Slack's upload flow, streamed from disk: get a URL, send the bytes, share into the thread."""
+    """Slack's upload flow, streamed from disk: get a URL, send the bytes, share into the thread.
+
+    `sharing` learns the file's id just before it is shared, so that a process killed after
+    the share can be told apart from one killed before it."""
     try:
         ticket = await client.files_getUploadURLExternal(filename=filename, length=size)
         await _send_bytes(http, str(ticket["upload_url"]), path)
         file_id = str(ticket["file_id"])
+        if sharing is not None:
+            await sharing(file_id)
         await client.files_completeUploadExternal(
             files=[{"id": file_id, "title": filename}],
             channel_id=channel,
@@ -364,6 +371,7 @@ async def copy_to_thread(
     thread_ts: str,
     comment: str,
     resolve: Resolver = resolve_host,
+    sharing: Sharing | None = None,
 ) -> str:
     with tempfile.TemporaryDirectory(prefix="ivh-video-") as folder:
         path = Path(folder) / "demo.mp4"
@@ -385,4 +393,5 @@ async def copy_to_thread(
             channel=channel,
             thread_ts=thread_ts,
             comment=comment,
+            sharing=sharing,
         )

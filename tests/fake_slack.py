@@ -446,6 +446,8 @@ class FakeSlack:
             body["thread_ts"] = message.thread_ts
         if message.metadata is not None:
             body["metadata"] = message.metadata
+        if message.files:
+            body["files"] = message.files
         return body
 
     def _edit(self, message: Message, args: Args) -> None:
@@ -502,6 +504,23 @@ class FakeSlack:
             for body in shown:
                 body.pop("metadata", None)
         return {"messages": shown, "has_more": len(found) > limit}
+
+    def _conversations_replies(self, args: Args) -> Args:
+        """A thread, its parent first, oldest first, `limit` a page (cursor: where to go on)."""
+        _require(args, "channel", "ts")
+        channel = self._resolve(str(args["channel"]))
+        parent = self.messages.get((channel, str(args["ts"])))
+        if parent is None:
+            raise SlackError("thread_not_found")
+        found = [parent, *self.thread(channel, parent.ts)]
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit", 100))
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {
+            "messages": [self._as_dict(m) for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
     def _chat_update(self, args: Args) -> Args:
         _require(args, "channel", "ts")

@@ -318,6 +318,34 @@ async def test_killed_mid_upload_another_replica_finishes_the_event(cluster: Mak
     assert survivors == []  # nobody posted a second parent message
 
 
+async def test_a_video_shared_by_a_process_killed_before_recording_it_is_not_shared_again(
+    cluster: MakeCluster,
+):
+    """Recovery rule: killed between sharing a video and recording the step, the uploader
+    left it in the thread; the next publisher finds it there by the file id it noted before
+    sharing, and records it instead of uploading it again. Broken (Publisher._shared_before
+    returning False) the thread showed the video twice."""
+    c = await cluster(2, **FAST_RECOVERY)
+    c.fake.hold("files.completeUploadExternal", apply_first=True)  # shared; answer never read
+    task = c.sim.sim.create_task()
+    await c.track(task.task_id)
+    await c.fake.wait_for("files.completeUploadExternal", within=15)
+    [(consumer, _)] = (await c.pending_consumers()).items()
+    uploader = c.replica_of_consumer(consumer)
+    uploader.kill()
+    c.fake.release("files.completeUploadExternal")
+    await c.expire_dead_leases()
+
+    await c.wait_finished(task.task_id, "another replica finished the video step")
+    record = await c.store.get(task.task_id)
+    assert record is not None
+    assert len([m for m in c.thread_of(record) if m.files]) == 1
+    assert len(c.fake.calls_to("files.getUploadURLExternal")) == 1
+    assert len(c.fake.calls_to("conversations.replies")) == 1
+    [parent] = c.parents(task.task_id)
+    assert "The video is in the thread below" in blocks_text(parent)
+
+
 async def test_a_message_posted_by_a_process_killed_before_recording_it_is_used(
     cluster: MakeCluster,
 ):

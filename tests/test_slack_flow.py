@@ -441,3 +441,48 @@ async def test_channel_gates_hold_back_one_channel_and_forget_it_when_idle(caplo
     release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert gates.waiting == 0 and gates.channels == 0
+
+
+async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, caplog):
+    """What the publisher checks before uploading a video a killed process may have shared:
+    found by file id on any page of the thread; not found, or unreadable, means upload."""
+    import httpx
+
+    from bot.slack import Thread, make_client
+    from bot.video import upload
+
+    client = make_client("xoxb-test-token", fake.api_url)
+    channel = fake.add_channel("approvals")
+    parent = await client.chat_postMessage(channel=channel, text="Demo ready")
+    await store.track("t-1", channel=channel, title=None, tracked_by="cli")
+    await store.set_slack_message("t-1", channel, str(parent["ts"]))
+    for i in range(250):  # more than one page of replies before the video
+        await client.chat_postMessage(channel=channel, thread_ts=parent["ts"], text=f"r{i}")
+    video = Path(__file__).parent.parent / "bot" / "media" / "demo.mp4"
+    noted: list[str] = []
+
+    async def note(file_id: str) -> None:
+        noted.append(file_id)
+
+    async with httpx.AsyncClient() as http:
+        file_id = await upload(
+            client,
+            http,
+            video,
+            video.stat().st_size,
+            filename="d.mp4",
+            channel=channel,
+            thread_ts=str(parent["ts"]),
+            comment="Round 1 demo",
+            sharing=note,
+        )
+    assert noted == [file_id]
+    record = await store.get("t-1")
+    assert record is not None
+    thread = Thread(store, client, None)
+    assert await thread.has_file(record, file_id)
+    assert len(fake.calls_to("conversations.replies")) == 2
+    assert not await thread.has_file(record, "F-NEVER-SHARED")
+    fake.fail("conversations.replies", error="missing_scope")
+    assert not await thread.has_file(record, file_id)
+    assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
