@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ from bot.store import Store, TaskState
 
 log = logging.getLogger(__name__)
 
+HAND_BACK_SECONDS = 2.0  # at shutdown, for making the polls cut short due again
 IDLE_WAIT = 1.0  # longest nap between looks at the schedule when nothing is due
 REDIS_RETRY = 2.0
 
@@ -46,7 +48,7 @@ class Poller:
         # Enough requests in flight to fill the budget at about a second of latency, and no
         # more: claimed tasks beyond that would only sit on their lease (and the Redis pool).
         self._concurrency = max(4, min(64, math.ceil(max_qps * 1.5)))
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # task id -> its poll
         # Leased tasks whose poll Redis cut short: made due again as soon as Redis answers,
         # rather than sitting out their lease.
         self._stranded: set[str] = set()
@@ -77,9 +79,23 @@ class Poller:
                     wait = REDIS_RETRY
                 await self._nap(wait)
         finally:
-            for task in self._inflight:
-                task.cancel()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._hand_back()
+
+    async def _hand_back(self) -> None:
+        """Stopping (a deploy, SIGTERM): cancel the polls in flight and make their tasks due
+        again, so that another replica reads them now instead of after their lease."""
+        polls = dict(self._inflight)
+        cut_short = {task_id for task_id, task in polls.items() if not task.done()}
+        for task in polls.values():
+            task.cancel()
+        await asyncio.gather(*polls.values(), return_exceptions=True)
+        if not cut_short:
+            return
+        try:
+            async with asyncio.timeout(HAND_BACK_SECONDS):
+                await self._store.make_due(cut_short, self._clock())
+        except (RedisError, TimeoutError) as error:
+            log.warning("poller: %d polls cut short stay leased (%s)", len(cut_short), error)
 
     async def _rescue_stranded(self) -> None:
         if self._stranded:
@@ -95,11 +111,11 @@ class Poller:
         free = self._concurrency - len(self._inflight)
         for task_id in await self._store.claim_due(self._clock(), free, self._lease):
             task = asyncio.create_task(self.poll(task_id), name=f"poll {task_id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
+            self._inflight[task_id] = task
+            task.add_done_callback(functools.partial(self._done, task_id))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+    def _done(self, task_id: str, _: asyncio.Task[None]) -> None:
+        self._inflight.pop(task_id, None)
         self._wake.set()
 
     async def _idle_time(self) -> float:

@@ -179,6 +179,26 @@ async def test_one_broken_task_does_not_stall_the_others(
     assert any("RequestID" in message for message in caplog.messages)
 
 
+async def test_a_stopping_poller_makes_the_polls_it_cuts_short_due_again(
+    store: Store, sim: RunningSimulator
+):
+    """A deploy stops a replica in the middle of its polls: their tasks are due at once for
+    another replica (broken: they sat out their 2-minute lease, unread)."""
+    import time
+
+    from bot.store import SCHEDULE
+
+    task = sim.sim.create_task()
+    sim.sim.add_fault(Fault(action="getprogress", task_id=task.task_id, kind="hold"))
+    await store.track(task.task_id, channel=None, title=None, tracked_by="cli")
+    async with polling(store, sim):
+        await until_polled(sim, task.task_id)  # the request arrived and is held there
+        leased_until = await store.redis.zscore(SCHEDULE, task.task_id)
+        assert leased_until is not None and leased_until > time.time() + 60
+    due = await store.redis.zscore(SCHEDULE, task.task_id)
+    assert due is not None and due <= time.time()
+
+
 async def test_the_qps_cap_holds_at_the_simulator_across_two_pollers(
     store: Store, sim: RunningSimulator
 ):
