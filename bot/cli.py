@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot import redact
 from bot.aio import LoopCrashed
 from bot.config import Settings, SettingsError, load_settings
 
@@ -27,9 +28,11 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # httpx logs each request URL at INFO, and an IVH URL carries a signature that is a
-    # valid credential for minutes: keep it out of the logs.
+    # valid credential for minutes: keep it out of the logs, and redact any that a library
+    # quotes in a message or a traceback.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redact.install()
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.circuit import Circuit
+from bot.redact import redact
 from bot.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class IvhError(Exception):
         outcome_unknown: bool = False,
     ) -> None:
         self.code = code
-        self.message = message
+        self.message = redact(message)  # shown in Slack and logs: never a signed URL
         self.request_id = request_id
         self.transient = transient
         self.outcome_unknown = outcome_unknown
@@ -314,17 +315,20 @@ class IvhClient:
     ) -> _Answer:
         params = signed_params(self._appkey, self._access_token, int(self._clock()))
         body = {"Header": {"RequestID": request_id}, "Payload": payload}
+        # Error texts name the host and what went wrong in a few words (`_kind`): a library's
+        # own text may quote the request URL, and the URL carries the signature.
+        where = self._http.base_url.netloc.decode("ascii", "replace")
         try:
             response = await self._http.post(action, params=params, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise IvhError(
-                None, f"cannot reach IVH: {_short(exc)}", request_id, transient=True
+                None, f"cannot reach IVH at {where} ({_kind(exc)})", request_id, transient=True
             ) from None
         except httpx.TransportError as exc:
             # The request may have reached IVH: for a confirmation the outcome is unknown.
             raise IvhError(
                 None,
-                f"{type(exc).__name__} talking to IVH",
+                f"no answer from IVH at {where} ({_kind(exc)})",
                 request_id,
                 transient=True,
                 outcome_unknown=confirm,
@@ -385,6 +389,28 @@ def _clock_skew(response: httpx.Response, clock: Callable[[], float]) -> float |
         return None
     skew = clock() - theirs
     return skew if abs(skew) > 60 else None
+
+
+_KINDS: tuple[tuple[type[httpx.TransportError], str], ...] = (
+    (httpx.ConnectTimeout, "connect timeout"),
+    (httpx.PoolTimeout, "no free connection in time"),
+    (httpx.ConnectError, "cannot connect"),
+    (httpx.ReadTimeout, "no answer in time"),
+    (httpx.WriteTimeout, "sending timed out"),
+    (httpx.RemoteProtocolError, "the answer is not HTTP"),
+    (httpx.ReadError, "connection dropped"),
+    (httpx.WriteError, "connection dropped while sending"),
+)
+
+
+def _kind(exc: httpx.TransportError) -> str:
+    """What went wrong in a few words: bot.transport writes its errors in our own words; any
+    other text that is long (it may quote the URL) gives way to a word for the error's class,
+    and IvhError redacts whatever is left."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if text and len(text) <= 60 and "://" not in text:
+        return text
+    return next((words for kind, words in _KINDS if isinstance(exc, kind)), type(exc).__name__)
 
 
 def _short(exc: BaseException) -> str:

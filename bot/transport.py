@@ -9,6 +9,7 @@ answers stay httpx's, so the client's timeouts and errors keep their meaning.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ssl
 
@@ -68,16 +69,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
             ) as answer:
                 body = await answer.read()
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(_text(exc), request=request) from exc
+        # aiohttp's texts quote the request URL, and with it the signature: each error below
+        # says what happened in words of our own, and does not chain aiohttp's.
+        except aiohttp.ConnectionTimeoutError:  # also a pooled connection not free in time
+            raise httpx.ConnectTimeout("connect timeout", request=request) from None
         except aiohttp.ClientConnectorError as exc:  # refused, unresolvable: nothing was sent
-            raise httpx.ConnectError(_text(exc), request=request) from exc
-        except aiohttp.SocketTimeoutError as exc:
-            raise httpx.ReadTimeout(_text(exc), request=request) from exc
-        except aiohttp.ClientResponseError as exc:  # not HTTP, or not HTTP we can read
-            raise httpx.RemoteProtocolError(_text(exc), request=request) from exc
+            raise httpx.ConnectError(_cannot_connect(exc), request=request) from None
+        except aiohttp.SocketTimeoutError:
+            raise httpx.ReadTimeout("no answer in time", request=request) from None
+        except aiohttp.ClientResponseError:  # not HTTP, or not HTTP we can read
+            raise httpx.RemoteProtocolError("the answer is not HTTP", request=request) from None
         except (aiohttp.ClientError, TimeoutError) as exc:  # the request may have arrived
-            raise httpx.ReadError(_text(exc), request=request) from exc
+            raise httpx.ReadError(_dropped(exc), request=request) from None
         return httpx.Response(
             answer.status,
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers],
@@ -90,5 +93,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
 
 
-def _text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+def _cannot_connect(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not resolved"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "connection refused"
+    code = errno.errorcode.get(exc.os_error.errno or 0)
+    return f"cannot connect ({code})" if code else "cannot connect"
+
+
+def _dropped(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed before the answer"
+    if isinstance(exc, aiohttp.ClientConnectionResetError | ConnectionResetError) or (
+        isinstance(exc, OSError) and exc.errno == errno.ECONNRESET
+    ):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "answer cut short"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"connection failed ({type(exc).__name__})"

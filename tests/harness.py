@@ -263,11 +263,17 @@ class Bot:
 
 @contextlib.asynccontextmanager
 async def run_bot(
-    sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra: Any
+    sim: RunningSimulator,
+    fake: FakeSlack,
+    redis_url: str,
+    *,
+    ivh_url: str | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Bot]:
+    """The whole bot; `ivh_url` puts something between it and the simulator (a proxy)."""
     settings = settings_for(sim, fake, redis_url, **extra)
     assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
-    up = Upstreams(redis_url, sim.url, settings.IVH_APPKEY, sim.sim.access_token)
+    up = Upstreams(redis_url, ivh_url or sim.url, settings.IVH_APPKEY, sim.sim.access_token)
     runtime = Runtime.build(settings, up)
     assert runtime.slack is not None
     loops = [
