@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bot.ivh import REASON_MAX
@@ -18,15 +19,53 @@ REASON_INPUT = "reason_input"
 
 Payload = dict[str, Any]
 
+# Slack's limits (Block Kit reference); a payload over one is refused whole (invalid_blocks).
+SECTION_MAX = 3000  # a section's text
+CONFIRM_TEXT_MAX = 300  # a confirmation dialog's text
+BUTTON_VALUE_MAX = 2000
+TEXT_MAX = 3000  # our own bound on a message's top-level text (notifications, fallbacks)
+DEMO_LINKS_MAX = 10  # demo links shown; the thread has every video
+MORE = "…"
+
 
 def escape(text: str) -> str:
-    """Make user text inert in mrkdwn: no mentions, links or formatting sneak through."""
+    """Make outside text inert in mrkdwn: no mentions, links or formatting sneak through."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` (escaped mrkdwn) cut to at most `limit` characters, ending in an ellipsis, and
+    never inside an entity (`&amp;`) or a link or mention (`<…>`)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - len(MORE))]
+    for opening, closing in (("&", ";"), ("<", ">")):
+        at = cut.rfind(opening)
+        if at != -1 and closing not in cut[at:]:
+            cut = cut[:at]
+    return cut + MORE
+
+
 def _link(url: str, label: str) -> str:
+    """A link to an http(s) URL; anything else (`@U…`, `!everyone`, `javascript:`) would be
+    a mention or worse inside `<…>`, so it is shown as inert text instead."""
+    if not url.lower().startswith(("https://", "http://")) or any(c.isspace() for c in url):
+        return f"{escape(label)} (not a web link)"
     safe = url.replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+    if len(safe) > SECTION_MAX - 100:
+        return f"{escape(label)} (link too long for Slack)"
     return f"<{safe}|{escape(label)}>"
+
+
+def _packed(items: list[str], limit: int, *, joiner: str = "\n") -> list[str]:
+    """`items` joined into as few texts of at most `limit` characters as they fit in."""
+    texts: list[str] = []
+    for item in items:
+        if texts and len(texts[-1]) + len(joiner) + len(item) <= limit:
+            texts[-1] += joiner + item
+        else:
+            texts.append(clip(item, limit))
+    return texts
 
 
 def slack_date(at: float) -> str:
@@ -43,12 +82,14 @@ def who(user: str) -> str:
 
 
 def button_value(task_id: str, round_: int) -> str:
-    return json.dumps({"task": task_id, "round": round_}, separators=(",", ":"))
+    """Unescaped non-ASCII: a 128-character task id in `\\uXXXX` form would pass the limit."""
+    value = {"task": task_id, "round": round_}
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def parse_button_value(value: str) -> tuple[str, int]:
     """Untrusted input: the caller still checks it against the stored state."""
-    if len(value) > 512:  # a real value is a task id and a round
+    if len(value) > 600:  # a task id (128 characters, quotes escaped) and a round
         raise ValueError("button value too long")
     data = json.loads(value)
     task_id, round_ = data["task"], data["round"]
@@ -58,15 +99,15 @@ def parse_button_value(value: str) -> tuple[str, int]:
 
 
 def _name(view: TaskView) -> str:
-    return escape(view.title) if view.title else f"Task {view.task_id}"
+    return escape(view.title) if view.title else f"Task {escape(view.task_id)}"
 
 
 def _section(text: str) -> Payload:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SECTION_MAX)}}
 
 
 def _context(text: str) -> Payload:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, SECTION_MAX)}]}
 
 
 def _decision_line(decision: Decision) -> str:
@@ -75,7 +116,12 @@ def _decision_line(decision: Decision) -> str:
         return f"Decided outside Slack (e.g. the Tencent console), seen {when}"
     if decision.operate == "AGREE":
         return f"✅ Approved by {who(decision.user)} {when}"
-    return f"↩️ Rejected by {who(decision.user)} {when}\n>{escape(decision.reason)}"
+    return f"↩️ Rejected by {who(decision.user)} {when}\n>{_quoted(decision.reason)}"
+
+
+def _quoted(reason: str) -> str:
+    """A reason as a block quote: every line of it quoted, not only the first."""
+    return escape(reason).replace("\n", "\n>")
 
 
 def _status(view: TaskView) -> str:
@@ -95,28 +141,63 @@ def _status(view: TaskView) -> str:
         case Phase.SUCCEEDED:
             return "🎉 *Complete.* The asset is ready."
         case Phase.FAILED:
-            return f"❌ *Failed:* {escape(view.fail_message or 'no reason given')}"
+            return f"❌ *Failed:* {_fail_message(view)}"
     return ""
 
 
-def _assets(view: TaskView) -> str:
+def _fail_message(view: TaskView) -> str:
+    return clip(escape(view.fail_message or "no reason given"), 1000)
+
+
+def _assets(view: TaskView, room: int = SECTION_MAX) -> str:
+    """One line per asset, as many as fit in `room`, then how many more there are."""
     lines = []
     for asset in view.assets:
         kind = asset.get("AssetType") or asset.get("Type") or "asset"
         ident = asset.get("AssetId") or asset.get("Id") or json.dumps(asset, ensure_ascii=False)
-        lines.append(f"• {escape(str(kind))} `{escape(str(ident))}`")
-    return "\n".join(lines)
+        lines.append(f"• {clip(escape(str(kind)), 100)} `{clip(escape(str(ident)), 300)}`")
+    return _newest_that_fit(lines, room, lambda n: f"…and {n} more assets", keep="first")
 
 
-def _demo_links(view: TaskView) -> str:
-    links = [_link(url, f"Watch demo {i}") for i, url in enumerate(view.demo_urls, 1)]
-    text = "🎬 " + " · ".join(links)
+def _newest_that_fit(lines: list[str], room: int, cut: Callable[[int], str], keep: str) -> str:
+    """`lines` joined, or as many as fit in `room` with `cut(n)` naming the n left out:
+    `keep="last"` keeps the last lines (the newest) and puts the note first."""
+    text = "\n".join(lines)
+    if len(text) <= room:
+        return text
+    kept: list[str] = []
+    ordered = lines[::-1] if keep == "last" else lines
+    for line in ordered:
+        note = cut(len(lines) - len(kept) - 1)
+        if sum(len(k) + 1 for k in kept) + len(line) + 1 + len(note) > room:
+            break
+        kept.append(line)
+    note = cut(len(lines) - len(kept))
+    if keep == "last":
+        return "\n".join([note, *kept[::-1]])
+    return "\n".join([*kept, note])
+
+
+def _demo_links(view: TaskView) -> list[str]:
+    """The demo links, in as many section texts as they need, and what became of the video."""
+    urls = view.demo_urls[:DEMO_LINKS_MAX]
+    links = [_link(url, f"Watch demo {i}") for i, url in enumerate(urls, 1)]
+    if len(view.demo_urls) > len(urls):
+        links.append(f"…and {len(view.demo_urls) - len(urls)} more in the thread")
+    texts = _packed(links, SECTION_MAX - 10, joiner=" · ")
+    texts[0] = "🎬 " + texts[0]
     if view.upload is not None and view.upload.ok:
-        text += "\nThe video is in the thread below."
+        note = "The video is in the thread below."
     elif view.upload is not None:
-        error = escape(view.upload.error)
-        text += f"\n⚠️ Could not copy the video into Slack ({error}); use the link."
-    return text
+        error = clip(escape(view.upload.error), 500)
+        note = f"⚠️ Could not copy the video into Slack ({error}); use the link."
+    else:
+        return texts
+    if len(texts[-1]) + 1 + len(note) <= SECTION_MAX:
+        texts[-1] += "\n" + note
+    else:
+        texts.append(note)
+    return texts
 
 
 def _buttons(view: TaskView) -> Payload:
@@ -133,11 +214,7 @@ def _buttons(view: TaskView) -> Payload:
                 "value": value,
                 "confirm": {
                     "title": {"type": "plain_text", "text": "Approve this demo?"},
-                    "text": {
-                        "type": "mrkdwn",
-                        "text": f"Round {view.round} of {_name(view)} will be accepted and "
-                        "delivered. This cannot be undone.",
-                    },
+                    "text": {"type": "mrkdwn", "text": _approve_question(view)},
                     "confirm": {"type": "plain_text", "text": "Approve"},
                     "deny": {"type": "plain_text", "text": "Cancel"},
                 },
@@ -153,8 +230,17 @@ def _buttons(view: TaskView) -> Payload:
     }
 
 
+def _approve_question(view: TaskView) -> str:
+    before = f"Round {view.round} of "
+    after = " will be accepted and delivered. This cannot be undone."
+    room = CONFIRM_TEXT_MAX - len(before) - len(after)
+    return before + clip(_name(view), room) + after
+
+
 def fallback_text(view: TaskView) -> str:
-    name = view.title or f"task {view.task_id}"
+    """The top-level text: notifications and screen readers show it, and Slack renders it as
+    mrkdwn, so it is escaped like the blocks."""
+    name = clip(escape(view.title) if view.title else f"task {escape(view.task_id)}", 400)
     return {
         Phase.PENDING: f"Demo ready for approval: {name}, round {view.round}",
         Phase.TRAINING: f"{name}: training",
@@ -185,7 +271,7 @@ def posted_for(message: Payload, task_id: str) -> bool:
 
 def task_message(view: TaskView) -> Payload:
     """The parent message, rebuilt whole from the task's state on every change."""
-    heading = f"*{_name(view)}*\n`{escape(view.task_id)}`"
+    heading = f"*{_name(view)}*\n{_task(view.task_id)}"
     if view.round:
         heading += f" · round {view.round}"
     blocks: list[Payload] = [
@@ -194,15 +280,12 @@ def task_message(view: TaskView) -> Payload:
         _section(_status(view)),
     ]
     if view.earlier_rejections:
-        lines = [
-            f"• Round {d.round}, {who(d.user)}: {escape(d.reason)}" for d in view.earlier_rejections
-        ]
-        blocks.append(_section("*Earlier rejections*\n" + "\n".join(lines)))
+        blocks.append(_section(_earlier_rejections(view)))
     if view.tencent_reject_reason:
-        reason = escape(view.tencent_reject_reason)
+        reason = clip(escape(view.tencent_reject_reason), 1000)
         blocks.append(_section(f"⚠️ *Tencent declined to retrain:* {reason}"))
     if view.phase == Phase.PENDING and view.demo_urls:
-        blocks.append(_section(_demo_links(view)))
+        blocks.extend(_section(text) for text in _demo_links(view))
     if view.phase == Phase.SUCCEEDED and view.assets:
         blocks.append(_section(_assets(view)))
     if view.phase == Phase.PENDING:
@@ -210,10 +293,30 @@ def task_message(view: TaskView) -> Payload:
     return {"text": fallback_text(view), "blocks": blocks}
 
 
+def _earlier_rejections(view: TaskView) -> str:
+    """The newest rejections that fit in a section; the thread keeps every one of them."""
+    heading = "*Earlier rejections*\n"
+    lines = [
+        f"• Round {d.round}, {who(d.user)}: {clip(escape(d.reason), 1600)}"
+        for d in view.earlier_rejections
+    ]
+    room = SECTION_MAX - len(heading)
+    return heading + _newest_that_fit(
+        lines, room, lambda n: f"…and {n} earlier, in the thread below", keep="last"
+    )
+
+
 def round_reply(view: TaskView) -> Payload:
-    links = " · ".join(_link(url, f"demo {i}") for i, url in enumerate(view.demo_urls, 1))
-    text = f"*Round {view.round}* is ready for a decision: {links or 'no demo link given'}"
-    return {"text": f"Round {view.round} is ready for a decision", "blocks": [_section(text)]}
+    urls = view.demo_urls[:DEMO_LINKS_MAX]
+    links = [_link(url, f"demo {i}") for i, url in enumerate(urls, 1)]
+    if len(view.demo_urls) > len(urls):
+        links.append(f"…and {len(view.demo_urls) - len(urls)} more")
+    texts = _packed(links or ["no demo link given"], SECTION_MAX - 40, joiner=" · ")
+    texts[0] = f"*Round {view.round}* is ready for a decision: {texts[0]}"
+    return {
+        "text": f"Round {view.round} is ready for a decision",
+        "blocks": [_section(text) for text in texts],
+    }
 
 
 def upload_comment(view: TaskView, index: int, total: int) -> str:
@@ -222,7 +325,8 @@ def upload_comment(view: TaskView, index: int, total: int) -> str:
 
 
 def upload_failed_reply(round_: int, error: str) -> Payload:
-    text = f"⚠️ Could not copy the round {round_} video into Slack: {escape(error)}. Use the link."
+    error = clip(escape(error), 1000)
+    text = f"⚠️ Could not copy the round {round_} video into Slack: {error}. Use the link."
     return {"text": text, "blocks": [_section(text)]}
 
 
@@ -234,28 +338,34 @@ def decision_reply(decision: Decision) -> Payload:
         None: f"Round {decision.round} decided outside Slack",
     }[decision.operate]
     if decision.request_id:
-        line += f"\n_RequestID {escape(decision.request_id)}_"
+        line += f"\n_RequestID {clip(escape(decision.request_id), 200)}_"
     return {"text": text, "blocks": [_section(line)]}
 
 
 def ending_reply(view: TaskView) -> Payload:
     if view.phase == Phase.SUCCEEDED:
-        body = "🎉 Complete." + (f"\n{_assets(view)}" if view.assets else "")
-        return {"text": f"{view.task_id} complete", "blocks": [_section(body)]}
-    body = f"❌ Failed: {escape(view.fail_message or 'no reason given')}"
-    return {"text": f"{view.task_id} failed", "blocks": [_section(body)]}
+        body = "🎉 Complete." + (f"\n{_assets(view, SECTION_MAX - 20)}" if view.assets else "")
+        return {"text": f"{_task(view.task_id)} complete", "blocks": [_section(body)]}
+    body = f"❌ Failed: {_fail_message(view)}"
+    return {"text": f"{_task(view.task_id)} failed", "blocks": [_section(body)]}
+
+
+def _task(task_id: str) -> str:
+    """A task id in a text: escaped, and as code so that nothing in it formats."""
+    return f"`{escape(task_id)}`"
 
 
 def error_text(user: str, action: str, code: int | None, message: str, request_id: str) -> str:
     code_text = "no code" if code is None else f"code {code}"
     return (
-        f"⚠️ {who(user)}'s {action} did not reach Tencent: {escape(message)}"
-        f" ({code_text}, RequestID {escape(request_id)}). The buttons still work: try again."
+        f"⚠️ {who(user)}'s {action} did not reach Tencent: {clip(escape(message), 1000)}"
+        f" ({code_text}, RequestID {clip(escape(request_id), 200)})."
+        " The buttons still work: try again."
     )
 
 
 def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
-    name = escape(title) if title else f"Task {escape(task_id)}"
+    name = clip(escape(title) if title else f"Task {escape(task_id)}", 1000)
     return {
         "type": "modal",
         "callback_id": REJECT_VIEW,
@@ -283,22 +393,22 @@ def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
 
 def unknown_task_notice(task_id: str, tracked_by: str, error: str) -> Payload:
     text = (
-        f"⚠️ Tencent IVH does not know task `{escape(task_id)}` (tracked by {who(tracked_by)}):"
-        f" {escape(error)}. I stopped watching it; check the id and track it again."
+        f"⚠️ Tencent IVH does not know task {_task(task_id)} (tracked by {who(tracked_by)}):"
+        f" {clip(escape(error), 1000)}. I stopped watching it; check the id and track it again."
     )
-    return {"text": f"IVH does not know task {task_id}", "blocks": [_section(text)]}
+    return {"text": f"IVH does not know task {_task(task_id)}", "blocks": [_section(text)]}
 
 
 def help_text() -> str:
     return (
-        "*/ivh track <TaskId> [#channel] [title]* — watch a task; its demo comes here.\n"
-        "*/ivh status <TaskId>* — where a task stands.\n"
+        "*/ivh track &lt;TaskId&gt; [#channel] [title]* — watch a task; its demo comes here.\n"
+        "*/ivh status &lt;TaskId&gt;* — where a task stands.\n"
         "*/ivh help* — this help."
     )
 
 
 def status_text(view: TaskView, permalink: str | None) -> str:
-    line = f"*{_name(view)}* `{escape(view.task_id)}`: {fallback_text(view)}"
+    line = f"*{_name(view)}* {_task(view.task_id)}: {fallback_text(view)}"
     if permalink:
         line += f"\n{_link(permalink, 'Open the thread')}"
     return line

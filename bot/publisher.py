@@ -19,7 +19,7 @@ from bot import messages
 from bot.aio import stop_if_cancelled
 from bot.decisions import decision_from
 from bot.events import Event, EventType, operate_that_left
-from bot.slack import Busy, Thread, slack_error
+from bot.slack import Busy, Thread, slack_error, slack_explanation
 from bot.state import Decision, Upload
 from bot.store import Store, TaskRecord
 from bot.video import HostPolicy, VideoError, copy_to_thread
@@ -37,6 +37,10 @@ MAX_ATTEMPTS = 20  # an event that failed this often is dropped with an error
 # Slack errors that no retry will fix: the event is dropped with an error in the log.
 FATAL_SLACK_ERRORS = frozenset(
     {"channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive"}
+)
+# A payload Slack refuses is refused again: a bug of ours, told with Slack's explanation.
+REFUSED_PAYLOAD_ERRORS = frozenset(
+    {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "invalid_arguments"}
 )
 
 
@@ -243,12 +247,24 @@ class Publisher:
             return
         except SlackApiError as error:
             code = slack_error(error)
-            if code not in FATAL_SLACK_ERRORS:
+            if code in REFUSED_PAYLOAD_ERRORS:
+                log.error(
+                    "event %s for task %s dropped: Slack refused the payload (%s): %s",
+                    entry_id,
+                    event.task_id,
+                    code,
+                    slack_explanation(error) or "no explanation given",
+                )
+            elif code not in FATAL_SLACK_ERRORS:
                 log.warning("event %s (%s): Slack %s; will retry", entry_id, event.task_id, code)
                 return  # unacknowledged: reclaimed and retried after reclaim_idle_ms
-            log.error(
-                "event %s for task %s dropped: Slack answered %s", entry_id, event.task_id, code
-            )
+            else:
+                log.error(
+                    "event %s for task %s dropped: Slack answered %s",
+                    entry_id,
+                    event.task_id,
+                    code,
+                )
         except RedisError:
             raise
         except Exception:

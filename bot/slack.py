@@ -76,6 +76,15 @@ def slack_error(error: SlackApiError) -> str:
     return str(error.response.get("error", "unknown_error"))
 
 
+def slack_explanation(error: SlackApiError) -> str:
+    """Slack's own words on a refused request (response_metadata.messages), one line."""
+    metadata = error.response.get("response_metadata")
+    found = metadata.get("messages") if isinstance(metadata, dict) else None
+    if not isinstance(found, list):
+        return ""
+    return "; ".join(str(message) for message in found)[:2000]
+
+
 class Thread:
     """A task's parent message and its thread: post it, rebuild it, reply to it."""
 

@@ -52,7 +52,7 @@ async def _track(
     try:
         request = TrackRequest(task_id=task_id, channel=channel, title=title)
     except ValidationError as error:
-        return f"Not tracked: {describe_errors(error)}"
+        return f"Not tracked: {messages.escape(describe_errors(error))}"
     user = user_of(command, "user_id") or "someone"
     record, started = await track_task(store, request, tracked_by=user)
     if started:
@@ -66,9 +66,10 @@ async def _track(
 async def _status(store: Store, task_id: str) -> str:
     loaded = await store.view(task_id)
     if loaded is None:
-        return f"`{messages.escape(task_id)}` is not tracked. Try `/ivh track {task_id}`."
+        shown = messages.clip(messages.escape(task_id), 200)
+        return f"`{shown}` is not tracked. Try `/ivh track {shown}`."
     record, view = loaded
     if record.error:
-        warning = messages.escape(record.error)
+        warning = messages.clip(messages.escape(record.error), 1000)
         return messages.status_text(view, record.slack_permalink) + f"\n⚠️ {warning}"
     return messages.status_text(view, record.slack_permalink)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 Args = dict[str, Any]
 # slack_sdk form-encodes these as JSON strings (params, or data= with files); Slack decodes them.
@@ -68,12 +71,38 @@ class _Fault:
     status: int
     error: str | None
     retry_after: float | None
+    messages: list[str] | None = None  # response_metadata.messages with the error
 
 
 class SlackError(Exception):
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None) -> None:
         super().__init__(error)
         self.error = error
+        self.messages = messages or []  # response_metadata.messages, as Slack explains
+
+
+MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+VIEW_METHODS = ("views.open", "views.update", "views.push", "views.publish")
+
+
+def check_payload(method: str, args: Args) -> None:
+    """Refuse what Slack refuses: blocks or views over Block Kit's limits (slack_sdk's models
+    know them), as `invalid_blocks` / `invalid_arguments` with Slack's explanation."""
+    try:
+        if method in MESSAGE_METHODS and args.get("blocks") is not None:
+            blocks = args["blocks"]
+            if not isinstance(blocks, list) or len(blocks) > 50:
+                raise SlackObjectFormationError("blocks must be a list of at most 50 blocks")
+            for raw in blocks:
+                block = Block.parse(raw)
+                if block is None:
+                    raise SlackObjectFormationError(f"unknown block {raw!r:.80}")
+                block.to_dict()
+        if method in VIEW_METHODS and isinstance(args.get("view"), dict):
+            View(**args["view"]).to_dict()
+    except (SlackObjectFormationError, TypeError, KeyError) as error:
+        code = "invalid_blocks" if method in MESSAGE_METHODS else "invalid_arguments"
+        raise SlackError(code, [f"[ERROR] {error}"]) from None
 
 
 def _truthy(value: Any) -> bool:
@@ -233,10 +262,12 @@ class FakeSlack:
         error: str | None = None,
         retry_after: float | None = None,
         count: int = 1,
+        messages: list[str] | None = None,
     ) -> None:
         if status == 200 and error is None:
             raise ValueError("fail() needs an HTTP status other than 200 or a Slack error")
-        self._faults.setdefault(method, []).extend([_Fault(status, error, retry_after)] * count)
+        fault = _Fault(status, error, retry_after, messages)
+        self._faults.setdefault(method, []).extend([fault] * count)
 
     def hold(self, method: str, *, apply_first: bool = False) -> None:
         """Make the next call to `method` wait for release(); with apply_first, its effect
@@ -292,7 +323,10 @@ class FakeSlack:
         call.fault, call.error = f"error:{fault.error}", fault.error
         if call.method == "upload":
             return web.Response(status=400, text=str(fault.error))
-        return web.json_response({"ok": False, "error": fault.error})
+        body: Args = {"ok": False, "error": fault.error}
+        if fault.messages:
+            body["response_metadata"] = {"messages": fault.messages}
+        return web.json_response(body)
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -323,10 +357,14 @@ class FakeSlack:
                     raise SlackError("not_allowed_token_type")
                 if token != (self.app_token if app_level else self.token):
                     raise SlackError("invalid_auth")
+                check_payload(method, args)
                 return web.json_response({"ok": True, **handler(args)})
             except SlackError as e:
                 call.error = e.error
-                return web.json_response({"ok": False, "error": e.error})
+                body: Args = {"ok": False, "error": e.error}
+                if e.messages:
+                    body["response_metadata"] = {"messages": e.messages}
+                return web.json_response(body)
 
         if (
             method == "chat.postMessage"

@@ -486,3 +486,39 @@ async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, c
     fake.fail("conversations.replies", error="missing_scope")
     assert not await thread.has_file(record, file_id)
     assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
+
+
+async def test_a_payload_slack_refuses_is_logged_with_its_reason_and_not_retried(
+    bot: Bot, caplog
+):
+    """invalid_blocks says the payload itself is wrong: sending it again cannot help."""
+    bot.fake.fail(
+        "chat.postMessage",
+        error="invalid_blocks",
+        messages=["[ERROR] must be less than 3001 characters [json-pointer:/blocks/3/text]"],
+    )
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    await bot.fake.wait_for("chat.postMessage")
+    await bot.until(bot.published)  # the event was acknowledged: it will not come again
+    [refused] = [c for c in bot.fake.calls_to("chat.postMessage") if c.error]
+    assert refused.error == "invalid_blocks"
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1  # not sent again
+    [line] = [r.getMessage() for r in caplog.records if "refused the payload" in r.getMessage()]
+    assert "invalid_blocks" in line and "json-pointer:/blocks/3/text" in line
+
+
+async def test_hostile_titles_and_ids_reach_slack_inert_and_within_limits(bot: Bot):
+    """Every payload the fake Slack accepts passed slack_sdk's validators; nothing pings."""
+    task = bot.sim.sim.create_task()
+    title = ("<!here> & <@U0BOSS> " * 10)[:200]
+    await bot.track(task.task_id, title=title)
+    record = await bot.posted(task.task_id)
+    await bot.command(f"status {task.task_id}")
+    await bot.command("status <!everyone>")  # an unknown id, typed back in the answer
+    refused = [c for c in bot.fake.calls if c.error in ("invalid_blocks", "invalid_arguments")]
+    assert refused == []
+    shown = json.dumps([c.args for c in bot.fake.calls if c.method != "upload"])
+    for mention in ("<!everyone>", "<!here>", "<@U0BOSS>"):
+        assert mention not in shown
+    assert "&lt;!here&gt;" in bot.parent(record).text
