@@ -488,9 +488,7 @@ async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, c
     assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
 
 
-async def test_a_payload_slack_refuses_is_logged_with_its_reason_and_not_retried(
-    bot: Bot, caplog
-):
+async def test_a_payload_slack_refuses_is_logged_with_its_reason_and_not_retried(bot: Bot, caplog):
     """invalid_blocks says the payload itself is wrong: sending it again cannot help."""
     bot.fake.fail(
         "chat.postMessage",
