@@ -110,3 +110,28 @@ async def test_get_task_shows_record_and_history(client):
 async def test_healthz(client):
     answer = await client.get("/healthz")
     assert answer.status_code == 200 and answer.json() == {"redis": True, "poller": True}
+
+
+@pytest.mark.parametrize(
+    "token", [b"Bearer \xff\xfe", b"Bearer \xc3", b"Bearer caf\xc3\xa9", b"Bearer " + b"\xe9" * 20]
+)
+async def test_a_token_with_bytes_that_are_not_ascii_is_401_not_a_server_error(client, token):
+    headers = {"Authorization": token}  # raw bytes on the wire, as a broken client sends them
+    answer = await client.post("/tasks", json={"task_id": "t-1"}, headers=headers)
+    assert answer.status_code == 401
+    assert "bearer token" in answer.json()["error"]
+    answer = await client.get("/tasks/t-1", headers=headers)
+    assert answer.status_code == 401
+    assert "bearer token" in answer.json()["error"]
+
+
+async def test_a_token_that_is_not_ascii_matches_its_utf8_bytes(store):
+    async def health() -> dict[str, bool]:
+        return {}
+
+    app = make_web_app(store, intake_token=SecretStr("clé-secrète"), health=health)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        sent = {"Authorization": "Bearer clé-secrète".encode()}
+        assert (await http.post("/tasks", json={"task_id": "t-1"}, headers=sent)).status_code == 202
+        latin1 = {"Authorization": "Bearer clé-secrète".encode("latin-1")}
+        assert (await http.get("/tasks/t-1", headers=latin1)).status_code == 401
