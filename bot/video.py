@@ -319,7 +319,7 @@ async def upload(
     the share can be told apart from one killed before it."""
     try:
         ticket = await client.files_getUploadURLExternal(filename=filename, length=size)
-        await _send_bytes(http, str(ticket["upload_url"]), path)
+        await _send_bytes(http, str(ticket["upload_url"]), path, size)
         file_id = str(ticket["file_id"])
         if sharing is not None:
             await sharing(file_id)
@@ -345,10 +345,14 @@ async def upload(
 UPLOAD_ATTEMPTS = 4
 
 
-async def _send_bytes(http: httpx.AsyncClient, url: str, path: Path) -> None:
-    """POST the file to Slack's upload URL, waiting out 429s (Retry-After) and 5xx."""
+async def _send_bytes(http: httpx.AsyncClient, url: str, path: Path, size: int) -> None:
+    """POST the file to Slack's upload URL, waiting out 429s (Retry-After) and 5xx.
+
+    Streamed from disk with its length announced, as slack_sdk sends its own uploads: given
+    a Content-Length, httpx sends the body as it is instead of chunked."""
+    headers = {"Content-Length": str(size)}
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-        sent = await http.post(url, content=_chunks(path))
+        sent = await http.post(url, content=_chunks(path), headers=headers)
         if sent.status_code == 200:
             return
         retryable = sent.status_code == 429 or sent.status_code >= 500

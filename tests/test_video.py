@@ -482,3 +482,6 @@ async def test_copy_to_thread_uploads_the_checked_download(media, http):
         [share] = fake.thread("C1", parent["ts"])
         [file] = share.files
         assert fake.uploads[file["id"]] == VIDEO
+        [sent] = fake.calls_to("upload")
+        assert sent.args["content_length"] == str(len(VIDEO))
+        assert sent.args["transfer_encoding"] is None
