@@ -3,6 +3,7 @@
 Demo links come from Tencent's answers and are treated as untrusted: only http(s), only hosts
 that VIDEO_HOSTS allows, never a private, loopback or link-local address unless the host is
 listed by exact name, redirects followed by hand and checked again, a size cap, one deadline.
+What comes back is uploaded only if it starts like an MP4 or QuickTime file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ Sharing = Callable[[str], Awaitable[None]]  # told a file's id before it is shar
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _SHOWABLE = re.compile(r"[a-z0-9.:_-]{1,100}")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,60}")
+# The box (atom) types an MP4 (ISO BMFF) or QuickTime file starts with: `ftyp` in every MP4,
+# `moov`, `mdat`, `wide`, `free`, `skip`, `pnot` in older QuickTime files.
+VIDEO_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+HEAD = 8  # a box header: 4 bytes of size, 4 of type
 
 
 class VideoError(Exception):
@@ -223,6 +229,21 @@ def _too_big(max_bytes: int) -> VideoError:
     return VideoError(f"the video is larger than {limit}")
 
 
+def looks_like_video(head: bytes) -> bool:
+    """Whether a file starting with `head` is an MP4 or QuickTime video: a box at offset 0."""
+    if len(head) < HEAD:
+        return False
+    size = int.from_bytes(head[:4], "big")  # 0: to the end of the file, 1: a 64-bit size follows
+    return head[4:HEAD] in VIDEO_BOXES and (size in (0, 1) or size >= HEAD)
+
+
+def _not_a_video(response: httpx.Response) -> VideoError:
+    served = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if _MEDIA_TYPE.fullmatch(served) and not served.startswith(("video/", "application/oct")):
+        return VideoError(f"the demo link served {served}, not a video")
+    return VideoError("the demo link's file is not an MP4 or QuickTime video")
+
+
 async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> int:
     if response.status_code != 200:
         raise VideoError(f"the demo link answered HTTP {response.status_code}")
@@ -234,14 +255,21 @@ async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> int:
     if digits and (len(announced) > 18 or int(announced) > max_bytes):
         raise _too_big(max_bytes)
     size = 0
+    head = b""  # checked as soon as it is complete: an HTML page is not downloaded further
     with dest.open("wb") as out:
         async for chunk in response.aiter_raw(CHUNK):
             size += len(chunk)
             if size > max_bytes:
                 raise _too_big(max_bytes)
+            if len(head) < HEAD:
+                head = (head + chunk)[:HEAD]
+                if len(head) == HEAD and not looks_like_video(head):
+                    raise _not_a_video(response)
             await asyncio.to_thread(out.write, chunk)
     if size == 0:
         raise VideoError("the demo link returned an empty file")
+    if not looks_like_video(head):
+        raise _not_a_video(response)
     return size
 
 

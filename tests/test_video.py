@@ -30,12 +30,14 @@ from bot.video import (
     copy_to_thread,
     download,
     is_public_address,
+    looks_like_video,
     resolve_host,
 )
 from tests.conftest import serving
 from tests.fake_slack import fake_slack
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+PAGE = b"<!DOCTYPE html><html><body>Access denied</body></html>" * 50
 MB = 1_000_000
 
 
@@ -156,6 +158,7 @@ def media_app(seen: list[str]) -> web.Application:
         response.enable_chunked_encoding()
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
+            await response.write(VIDEO[:8])  # a video, as far as the first bytes tell
             for _ in range(1000):  # 64 MB at most, if nobody hung up
                 await response.write(b"x" * 65536)
         return response
@@ -166,8 +169,8 @@ def media_app(seen: list[str]) -> web.Application:
         response.content_length = 100
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
-            for _ in range(100):
-                await response.write(b"x")
+            for byte in VIDEO[:100]:
+                await response.write(bytes([byte]))
                 await asyncio.sleep(0.05)
         return response
 
@@ -178,6 +181,19 @@ def media_app(seen: list[str]) -> web.Application:
     async def empty(request: web.Request) -> web.Response:
         seen.append(request.host)
         return web.Response(body=b"", content_type="video/mp4")
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
+
+    async def mislabelled(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        headers = {"Content-Type": request.query.get("type", "video/mp4")}
+        return web.Response(body=PAGE, headers=headers)
+
+    async def tiny(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(body=b"\x00\x00\x00", content_type="video/mp4")
 
     app = web.Application()
     app.add_routes(
@@ -190,6 +206,9 @@ def media_app(seen: list[str]) -> web.Application:
             web.get("/trickle", trickle),
             web.get("/gzip", compressed),
             web.get("/empty", empty),
+            web.get("/page", page),
+            web.get("/mislabelled", mislabelled),
+            web.get("/tiny", tiny),
         ]
     )
     return app
@@ -389,6 +408,75 @@ async def test_the_deadline_covers_the_whole_download_not_each_read(media, fetch
 async def test_a_bad_answer_is_explained(media, fetch, path, refusal):
     with pytest.raises(VideoError, match=refusal):
         await fetch(media.at(path), "127.0.0.1")
+
+
+# --- a video, not whatever the link serves -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x00\x00\x00\x20ftypisom",  # MP4
+        b"\x00\x00\x00\x14ftypqt  ",  # QuickTime with a file type box
+        b"\x00\x00\x00\x08wide\x00\x01\x00\x00mdat",  # older QuickTime
+        b"\x00\x00\x2f\x00moov",
+        b"\x00\x00\x00\x01mdat" + b"\x00" * 8,  # a 64-bit size follows
+        b"\x00\x00\x00\x00mdat",  # to the end of the file
+        b"\x00\x00\x00\x10free",
+        b"\x00\x00\x00\x10skip",
+        b"\x00\x00\x00\x14pnot",
+    ],
+)
+def test_mp4_and_quicktime_files_look_like_videos(head):
+    assert looks_like_video(head)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"<!DOCTYPE html>", b"<html><head>", b'{"error": "expired"}', b"\x1aE\xdf\xa3webm",
+     b"GIF89a......", b"\x00\x00\x00\x04ftyp", b"\x00\x00\x00\x20FTYP", b"\x00\x00\x00\x20ftp",
+     b""],
+)  # fmt: skip
+def test_other_files_do_not(head):
+    assert not looks_like_video(head)
+
+
+@pytest.mark.parametrize(
+    ("path", "refusal"),
+    [
+        ("/page", "the demo link served text/html, not a video"),
+        ("/mislabelled", "the demo link's file is not an MP4 or QuickTime video"),
+        ("/mislabelled?type=application/octet-stream", "is not an MP4 or QuickTime video"),
+        ("/mislabelled?type=application/json;%20charset=utf-8", "served application/json, not"),
+        ("/mislabelled?type=<b>bold</b>", "is not an MP4 or QuickTime video"),
+        ("/tiny", "is not an MP4 or QuickTime video"),
+    ],
+)
+async def test_what_is_not_a_video_is_refused_saying_what_it_is(media, fetch, path, refusal):
+    with pytest.raises(VideoError) as refused:
+        await fetch(media.at(path), "127.0.0.1")
+    assert refusal in str(refused.value)
+
+
+async def test_a_page_instead_of_a_video_is_not_uploaded(media, http):
+    async with fake_slack() as fake:
+        client = AsyncWebClient(token="xoxb-test-token", base_url=fake.api_url)
+        parent = await client.chat_postMessage(channel="C1", text="Demo ready")
+        with pytest.raises(VideoError, match="served text/html, not a video"):
+            await copy_to_thread(
+                client,
+                http,
+                media.at("/page"),
+                max_bytes=MB,
+                hosts=HostPolicy.parse("127.0.0.1"),
+                time_limit=5,
+                filename="demo.mp4",
+                channel="C1",
+                thread_ts=parent["ts"],
+                comment="Demo video",
+            )
+        assert fake.calls_to("files.getUploadURLExternal") == []
+        assert fake.uploads == {} and fake.thread("C1", parent["ts"]) == []
 
 
 # --- https: the checked address, the original name for SNI and the certificate -------------
