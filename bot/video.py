@@ -68,56 +68,100 @@ def _valid_name(host: str) -> bool:
     return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_WITH_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
+Entry = tuple[str, int | None]  # a host and its port; None: the scheme's default port only
+
+
+def _split_port(entry: str) -> Entry:
+    """`host:port`, `[v6]:port` or a bare host; an IPv6 address needs brackets to take a port."""
+    if _ip(entry) is not None:
+        return entry, None
+    found = _WITH_PORT.fullmatch(entry)
+    if found is None:
+        return entry, None
+    port = int(found["port"])
+    if not 1 <= port <= 65_535:
+        raise _bad_entry(entry)
+    return found["host"], port
+
+
+def _bad_entry(entry: str) -> ValueError:
+    return ValueError(
+        "expected host names, IP addresses or *.domain patterns, each with an optional"
+        f" :port (1-65535), got {entry!r}"
+    )
+
+
+def _port_matches(listed: int | None, port: int | None, scheme: str) -> bool:
+    """An entry without a port allows the scheme's default port only; one with a port, it."""
+    default = DEFAULT_PORTS.get(scheme)
+    if port is None or port == default:
+        return listed is None or listed == default
+    return listed == port
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """Which hosts demo videos may come from: the VIDEO_HOSTS setting.
 
     An entry is a host name or IP address, matched exactly, or `*.domain`, which matches every
-    name under `domain` but not `domain` itself. Only an exact entry lets a host resolve to a
-    private, loopback or link-local address: a wildcard never opens the internal network.
+    name under `domain` but not `domain` itself; either may end in `:port`. Without a port an
+    entry allows the default ports only (80 for http, 443 for https); with one, that port only.
+    Only an exact entry lets a host resolve to a private, loopback or link-local address: a
+    wildcard never opens the internal network.
     """
 
-    names: frozenset[str] = frozenset()
-    domains: frozenset[str] = frozenset()
+    names: frozenset[Entry] = frozenset()
+    domains: frozenset[Entry] = frozenset()
 
     @classmethod
     def parse(cls, entries: str | Iterable[str]) -> HostPolicy:
         """Read a comma-separated string or a list of entries; ValueError names a bad one."""
         if isinstance(entries, str):
             entries = entries.split(",")
-        names: set[str] = set()
-        domains: set[str] = set()
+        names: set[Entry] = set()
+        domains: set[Entry] = set()
         for raw in entries:
             entry = raw.strip()
             if not entry:
                 continue
-            wildcard = entry.startswith("*.")
-            host = normalize_host(entry[2:] if wildcard else entry)
-            if wildcard and _valid_name(host) and _ip(host) is None:
-                domains.add(host)
-            elif not wildcard and (_ip(host) is not None or _valid_name(host)):
-                names.add(host)
+            given, port = _split_port(entry)
+            wildcard = given.startswith("*.")
+            host = normalize_host(given[2:] if wildcard else given)
+            address = _ip(host) is not None
+            if given.startswith("[") and not address:
+                raise _bad_entry(entry)  # brackets hold an IPv6 address, nothing else
+            if wildcard and _valid_name(host) and not address:
+                domains.add((host, port))
+            elif not wildcard and (address or _valid_name(host)):
+                names.add((host, port))
             else:
-                raise ValueError(
-                    f"expected host names, IP addresses or *.domain patterns, got {entry!r}"
-                )
+                raise _bad_entry(entry)
         return cls(frozenset(names), frozenset(domains))
 
-    def allows(self, host: str) -> bool:
-        host = normalize_host(host)
-        if host in self.names:
+    def allows(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
+        """Whether `scheme://host:port` may be fetched; `port` None is the scheme's default."""
+        if self.explicit(host, port, scheme):
             return True
+        host = normalize_host(host)
         if _ip(host) is not None:
             return False  # an address only ever matches an exact entry
-        return any(host.endswith("." + domain) for domain in self.domains)
+        return any(
+            host.endswith("." + domain) and _port_matches(listed, port, scheme)
+            for domain, listed in self.domains
+        )
 
-    def explicit(self, host: str) -> bool:
+    def explicit(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
         """Listed by exact name or address: the only way to reach a non-public address."""
-        return normalize_host(host) in self.names
+        host = normalize_host(host)
+        return any(
+            name == host and _port_matches(listed, port, scheme) for name, listed in self.names
+        )
 
-    def including(self, host: str) -> HostPolicy:
-        """This policy plus one exact entry (the built-in simulator's host, for instance)."""
-        return HostPolicy(self.names | {normalize_host(host)}, self.domains)
+    def including(self, host: str, port: int | None = None) -> HostPolicy:
+        """This policy plus one exact entry (the built-in simulator's host and port, say)."""
+        return HostPolicy(self.names | {(normalize_host(host), port)}, self.domains)
 
 
 def is_public_address(address: str) -> bool:
@@ -159,8 +203,9 @@ async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolve
     name = url.raw_host.decode("ascii")
     if not name:
         raise VideoError("the demo link has no host")
-    if not hosts.allows(name):
-        raise VideoError(f"the demo link's host {_shown(name)} is not allowed (VIDEO_HOSTS)")
+    if not hosts.allows(name, url.port, url.scheme):
+        shown = _shown(name) if url.port is None else f"{_shown(name)} port {url.port}"
+        raise VideoError(f"the demo link's host {shown} is not allowed (VIDEO_HOSTS)")
     literal = _ip(normalize_host(name))
     if literal is not None:
         addresses = [str(literal)]
@@ -172,7 +217,9 @@ async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolve
             addresses = []
         if not addresses:
             raise VideoError(f"the demo link's host {_shown(name)} could not be resolved")
-    if not hosts.explicit(name) and not all(is_public_address(a) for a in addresses):
+    if not hosts.explicit(name, url.port, url.scheme) and not all(
+        is_public_address(a) for a in addresses
+    ):
         raise VideoError(f"the demo link's host {_shown(name)} is a private or local address")
     return addresses
 

@@ -277,6 +277,19 @@ async def test_slash_command_tracks_and_reports(bot: Bot):
     assert "Not tracked" in bad and "128" in bad
 
 
+async def test_the_demo_copies_its_simulator_videos_with_video_hosts_left_alone(
+    sim, fake, redis_url
+):
+    # `ivh-approvals demo`: the simulator listens on a port of its own, and the bot lets its
+    # videos in by adding exactly that host and port to the default VIDEO_HOSTS.
+    async with run_bot(sim, fake, redis_url, builtin_simulator=True) as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        [upload] = [m for m in bot.thread(record) if m.files]
+        assert bot.fake.uploads[upload.files[0]["id"]] == DEMO_MP4
+
+
 async def test_an_oversized_video_still_posts_the_message_with_its_link(sim, fake, redis_url):
     async with run_bot(sim, fake, redis_url, VIDEO_MAX_BYTES=1000) as bot:
         task = bot.sim.sim.create_task()
