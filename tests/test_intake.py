@@ -73,6 +73,13 @@ async def test_wrong_or_missing_token_is_401(client, headers):
         ({"task_id": "has space"}, 422, "printable"),
         ({"task_id": 12345}, 422, "task_id"),
         ({"task_id": "t", "channel": "not a channel!"}, 422, "channel"),
+        (
+            {"task_id": "t", "channel": "#approvals"},
+            422,
+            "channel: expected a channel id such as C0123ABCD, not the name #approvals",
+        ),
+        ({"task_id": "t", "channel": "approvals"}, 422, "channel: expected a Slack channel id"),
+        ({"task_id": "t", "channel": "c0123abcd"}, 422, "channel: expected a Slack channel id"),
         ({"task_id": "t", "colour": "red"}, 422, "colour"),
         (["t"], 400, "JSON object"),
     ],
@@ -135,3 +142,22 @@ async def test_a_token_that_is_not_ascii_matches_its_utf8_bytes(store):
         assert (await http.post("/tasks", json={"task_id": "t-1"}, headers=sent)).status_code == 202
         latin1 = {"Authorization": "Bearer clé-secrète".encode("latin-1")}
         assert (await http.get("/tasks/t-1", headers=latin1)).status_code == 401
+
+
+def test_the_track_command_refuses_a_channel_name(tmp_path):
+    """`ivh-approvals track` checks the request as POST /tasks does, before reaching Redis."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "track", "t-1", "--channel", "#approvals"],
+        cwd=tmp_path,  # no .env here
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "channel: expected a channel id such as C0123ABCD, not the name #approvals" in (
+        run.stderr
+    )

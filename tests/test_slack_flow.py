@@ -499,3 +499,29 @@ async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, c
     fake.fail("conversations.replies", error="missing_scope")
     assert not await thread.has_file(record, file_id)
     assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
+
+
+async def test_a_task_stored_with_a_channel_name_is_never_looked_up_by_name(store, fake, caplog):
+    """A task tracked by #name before names were refused: after a crash mid-post, its channel's
+    history cannot be read by name (conversations.history takes ids), so it is posted anew."""
+    from bot.slack import Thread, make_client
+
+    await store.track("t-1", channel="#approvals", title=None, tracked_by="cli")
+    await store.mark_posting("t-1", time.time() - 5)  # a process died while posting it
+    thread = Thread(store, make_client("xoxb-test-token", fake.api_url), None)
+    record = await thread.ensure_parent("t-1")
+    assert fake.calls_to("conversations.history") == []
+    assert record is not None and record.slack_channel == fake._channel_id("#approvals")
+    assert "cannot look for a message posted before a crash (channel #approvals is a name" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize("channel", ["#approvals", "#avatars-review"])
+async def test_a_channel_typed_as_plain_text_is_refused_with_how_to_pick_it(bot: Bot, channel):
+    task = bot.sim.sim.create_task()
+    answer = await bot.command(f"track {task.task_id} {channel} Anna's voice")
+    assert answer.status_code == 200
+    assert f"Not tracked: {channel} reached the bot as plain text" in answer.text
+    assert "pick the channel from the list Slack offers" in answer.text
+    assert await bot.store.get(task.task_id) is None
