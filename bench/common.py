@@ -350,7 +350,8 @@ class Lab:
                 "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                 "SLACK_API_URL": self.fake.api_url,
                 "SLACK_CHANNEL": channel,
-                "VIDEO_HOSTS": "127.0.0.1",  # the simulator serves the demo videos
+                # The simulator serves the demo videos, on its own port.
+                "VIDEO_HOSTS": httpx.URL(self.running_sim.url).netloc.decode(),
             }
         return kept | {k: str(v) for k, v in (settings | extra).items()}
 

@@ -143,7 +143,8 @@ class Runtime:
             video_hosts = settings.video_hosts
             if up.simulator is not None:
                 # The built-in simulator serves its demo videos from loopback.
-                video_hosts = video_hosts.including(httpx.URL(up.ivh_base_url).host)
+                simulator = httpx.URL(up.ivh_base_url)
+                video_hosts = video_hosts.including(simulator.host, simulator.port)
             runtime.slack = runtime._build_slack(
                 settings.SLACK_BOT_TOKEN.get_secret_value(), video_hosts
             )

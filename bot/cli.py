@@ -184,8 +184,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "manifest":
-        from bot.manifest import manifest
+        from bot.manifest import check_request_url, manifest
 
+        if args.http is not None:
+            try:
+                check_request_url(args.http)
+            except ValueError as error:
+                print(f"error: --http: {error}", file=sys.stderr)
+                return 2
         print(json.dumps(manifest(request_url=args.http), indent=2))
         return 0
     try:

@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.intake import check_channel
 from bot.video import HostPolicy
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
@@ -148,7 +149,8 @@ class Settings(BaseSettings):
     @field_validator("SLACK_CHANNEL")
     @classmethod
     def _channel(cls, value: str | None) -> str | None:
-        return value.strip() or None if value else None
+        value = value.strip() if value else None
+        return check_channel(value) if value else None
 
     @field_validator("SLACK_BOT_TOKEN")
     @classmethod

@@ -9,7 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.store import Store, TaskRecord
 
 TASK_ID_MAX = 128
-_CHANNEL = re.compile(r"#?[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+# A channel is kept by its id (public C…, private G… or C…, direct message D…): Slack's
+# history look-up after a crash takes only ids, and a name can be renamed.
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,39}")
+
+
+def is_channel_id(value: str) -> bool:
+    return _CHANNEL_ID.fullmatch(value) is not None
+
+
+def check_channel(value: str) -> str:
+    """A Slack channel id; ValueError says what to give instead of a name."""
+    if is_channel_id(value):
+        return value
+    if value.startswith("#"):
+        raise ValueError(
+            f"expected a channel id such as C0123ABCD, not the name {value} (Slack looks up a"
+            " channel's history by id; the channel's details in Slack end with it)"
+        )
+    raise ValueError("expected a Slack channel id such as C0123ABCD")
 
 
 def check_task_id(value: str) -> str:
@@ -40,9 +58,7 @@ class TrackRequest(BaseModel):
     def _channel(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not _CHANNEL.fullmatch(value):
-            raise ValueError("channel must be a Slack channel id (C0123ABCD) or #name")
-        return value
+        return check_channel(value)
 
     @field_validator("title")
     @classmethod

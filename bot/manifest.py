@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 # chat:write — post and rebuild task messages, thread replies, ephemeral answers;
 # files:write — upload demo videos into threads; commands — /ivh;
@@ -16,6 +17,25 @@ BOT_SCOPES = [
     "groups:history",
     "usergroups:read",
 ]
+
+
+def check_request_url(url: str) -> str:
+    """The HTTP-mode Request URL, or ValueError saying in one line why Slack would refuse it."""
+    example = "such as https://your.host/slack/events"
+    if not url.isprintable() or any(ch.isspace() for ch in url):
+        raise ValueError(f"expected a URL {example}, got {url!r} (spaces or control characters)")
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"expected an absolute https:// URL {example}, got {url!r}")
+    if parts.scheme.lower() != "https":
+        raise ValueError(f"Slack requires an https:// Request URL, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        raise ValueError(f"the URL's port is not a number from 1 to 65535: {url!r}") from None
+    if not parts.hostname or parts.port == 0:
+        raise ValueError(f"expected an https:// URL with a host {example}, got {url!r}")
+    return url
 
 
 def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> dict[str, Any]:

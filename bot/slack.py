@@ -19,6 +19,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
+from bot.intake import is_channel_id
 from bot.ratelimit import RedisRateLimiter
 from bot.state import Decision
 from bot.store import Store, TaskRecord, rate_key
@@ -156,6 +157,15 @@ class Thread:
     async def _find_unrecorded(self, record: TaskRecord, channel: str) -> tuple[str, str] | None:
         """The parent message a dead process posted and did not record, if there is one."""
         if record.posting_since is None:
+            return None
+        if not is_channel_id(channel):
+            # Tracked by name (before names were refused): conversations.history takes ids.
+            log.warning(
+                "task %s: cannot look for a message posted before a crash (channel %s is a"
+                " name, not an id); posting anew",
+                record.task_id,
+                channel,
+            )
             return None
         try:
             answer = await self.client.conversations_history(

@@ -3,6 +3,7 @@
 Demo links come from Tencent's answers and are treated as untrusted: only http(s), only hosts
 that VIDEO_HOSTS allows, never a private, loopback or link-local address unless the host is
 listed by exact name, redirects followed by hand and checked again, a size cap, one deadline.
+What comes back is uploaded only if it starts like an MP4 or QuickTime file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ Sharing = Callable[[str], Awaitable[None]]  # told a file's id before it is shar
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _SHOWABLE = re.compile(r"[a-z0-9.:_-]{1,100}")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,60}")
+# The box (atom) types an MP4 (ISO BMFF) or QuickTime file starts with: `ftyp` in every MP4,
+# `moov`, `mdat`, `wide`, `free`, `skip`, `pnot` in older QuickTime files.
+VIDEO_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+HEAD = 8  # a box header: 4 bytes of size, 4 of type
 
 
 class VideoError(Exception):
@@ -62,56 +68,100 @@ def _valid_name(host: str) -> bool:
     return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_WITH_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
+Entry = tuple[str, int | None]  # a host and its port; None: the scheme's default port only
+
+
+def _split_port(entry: str) -> Entry:
+    """`host:port`, `[v6]:port` or a bare host; an IPv6 address needs brackets to take a port."""
+    if _ip(entry) is not None:
+        return entry, None
+    found = _WITH_PORT.fullmatch(entry)
+    if found is None:
+        return entry, None
+    port = int(found["port"])
+    if not 1 <= port <= 65_535:
+        raise _bad_entry(entry)
+    return found["host"], port
+
+
+def _bad_entry(entry: str) -> ValueError:
+    return ValueError(
+        "expected host names, IP addresses or *.domain patterns, each with an optional"
+        f" :port (1-65535), got {entry!r}"
+    )
+
+
+def _port_matches(listed: int | None, port: int | None, scheme: str) -> bool:
+    """An entry without a port allows the scheme's default port only; one with a port, it."""
+    default = DEFAULT_PORTS.get(scheme)
+    if port is None or port == default:
+        return listed is None or listed == default
+    return listed == port
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """Which hosts demo videos may come from: the VIDEO_HOSTS setting.
 
     An entry is a host name or IP address, matched exactly, or `*.domain`, which matches every
-    name under `domain` but not `domain` itself. Only an exact entry lets a host resolve to a
-    private, loopback or link-local address: a wildcard never opens the internal network.
+    name under `domain` but not `domain` itself; either may end in `:port`. Without a port an
+    entry allows the default ports only (80 for http, 443 for https); with one, that port only.
+    Only an exact entry lets a host resolve to a private, loopback or link-local address: a
+    wildcard never opens the internal network.
     """
 
-    names: frozenset[str] = frozenset()
-    domains: frozenset[str] = frozenset()
+    names: frozenset[Entry] = frozenset()
+    domains: frozenset[Entry] = frozenset()
 
     @classmethod
     def parse(cls, entries: str | Iterable[str]) -> HostPolicy:
         """Read a comma-separated string or a list of entries; ValueError names a bad one."""
         if isinstance(entries, str):
             entries = entries.split(",")
-        names: set[str] = set()
-        domains: set[str] = set()
+        names: set[Entry] = set()
+        domains: set[Entry] = set()
         for raw in entries:
             entry = raw.strip()
             if not entry:
                 continue
-            wildcard = entry.startswith("*.")
-            host = normalize_host(entry[2:] if wildcard else entry)
-            if wildcard and _valid_name(host) and _ip(host) is None:
-                domains.add(host)
-            elif not wildcard and (_ip(host) is not None or _valid_name(host)):
-                names.add(host)
+            given, port = _split_port(entry)
+            wildcard = given.startswith("*.")
+            host = normalize_host(given[2:] if wildcard else given)
+            address = _ip(host) is not None
+            if given.startswith("[") and not address:
+                raise _bad_entry(entry)  # brackets hold an IPv6 address, nothing else
+            if wildcard and _valid_name(host) and not address:
+                domains.add((host, port))
+            elif not wildcard and (address or _valid_name(host)):
+                names.add((host, port))
             else:
-                raise ValueError(
-                    f"expected host names, IP addresses or *.domain patterns, got {entry!r}"
-                )
+                raise _bad_entry(entry)
         return cls(frozenset(names), frozenset(domains))
 
-    def allows(self, host: str) -> bool:
-        host = normalize_host(host)
-        if host in self.names:
+    def allows(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
+        """Whether `scheme://host:port` may be fetched; `port` None is the scheme's default."""
+        if self.explicit(host, port, scheme):
             return True
+        host = normalize_host(host)
         if _ip(host) is not None:
             return False  # an address only ever matches an exact entry
-        return any(host.endswith("." + domain) for domain in self.domains)
+        return any(
+            host.endswith("." + domain) and _port_matches(listed, port, scheme)
+            for domain, listed in self.domains
+        )
 
-    def explicit(self, host: str) -> bool:
+    def explicit(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
         """Listed by exact name or address: the only way to reach a non-public address."""
-        return normalize_host(host) in self.names
+        host = normalize_host(host)
+        return any(
+            name == host and _port_matches(listed, port, scheme) for name, listed in self.names
+        )
 
-    def including(self, host: str) -> HostPolicy:
-        """This policy plus one exact entry (the built-in simulator's host, for instance)."""
-        return HostPolicy(self.names | {normalize_host(host)}, self.domains)
+    def including(self, host: str, port: int | None = None) -> HostPolicy:
+        """This policy plus one exact entry (the built-in simulator's host and port, say)."""
+        return HostPolicy(self.names | {(normalize_host(host), port)}, self.domains)
 
 
 def is_public_address(address: str) -> bool:
@@ -153,8 +203,9 @@ async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolve
     name = url.raw_host.decode("ascii")
     if not name:
         raise VideoError("the demo link has no host")
-    if not hosts.allows(name):
-        raise VideoError(f"the demo link's host {_shown(name)} is not allowed (VIDEO_HOSTS)")
+    if not hosts.allows(name, url.port, url.scheme):
+        shown = _shown(name) if url.port is None else f"{_shown(name)} port {url.port}"
+        raise VideoError(f"the demo link's host {shown} is not allowed (VIDEO_HOSTS)")
     literal = _ip(normalize_host(name))
     if literal is not None:
         addresses = [str(literal)]
@@ -166,7 +217,9 @@ async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolve
             addresses = []
         if not addresses:
             raise VideoError(f"the demo link's host {_shown(name)} could not be resolved")
-    if not hosts.explicit(name) and not all(is_public_address(a) for a in addresses):
+    if not hosts.explicit(name, url.port, url.scheme) and not all(
+        is_public_address(a) for a in addresses
+    ):
         raise VideoError(f"the demo link's host {_shown(name)} is a private or local address")
     return addresses
 
@@ -223,6 +276,21 @@ def _too_big(max_bytes: int) -> VideoError:
     return VideoError(f"the video is larger than {limit}")
 
 
+def looks_like_video(head: bytes) -> bool:
+    """Whether a file starting with `head` is an MP4 or QuickTime video: a box at offset 0."""
+    if len(head) < HEAD:
+        return False
+    size = int.from_bytes(head[:4], "big")  # 0: to the end of the file, 1: a 64-bit size follows
+    return head[4:HEAD] in VIDEO_BOXES and (size in (0, 1) or size >= HEAD)
+
+
+def _not_a_video(response: httpx.Response) -> VideoError:
+    served = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if _MEDIA_TYPE.fullmatch(served) and not served.startswith(("video/", "application/oct")):
+        return VideoError(f"the demo link served {served}, not a video")
+    return VideoError("the demo link's file is not an MP4 or QuickTime video")
+
+
 async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> int:
     if response.status_code != 200:
         raise VideoError(f"the demo link answered HTTP {response.status_code}")
@@ -234,14 +302,21 @@ async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> int:
     if digits and (len(announced) > 18 or int(announced) > max_bytes):
         raise _too_big(max_bytes)
     size = 0
+    head = b""  # checked as soon as it is complete: an HTML page is not downloaded further
     with dest.open("wb") as out:
         async for chunk in response.aiter_raw(CHUNK):
             size += len(chunk)
             if size > max_bytes:
                 raise _too_big(max_bytes)
+            if len(head) < HEAD:
+                head = (head + chunk)[:HEAD]
+                if len(head) == HEAD and not looks_like_video(head):
+                    raise _not_a_video(response)
             await asyncio.to_thread(out.write, chunk)
     if size == 0:
         raise VideoError("the demo link returned an empty file")
+    if not looks_like_video(head):
+        raise _not_a_video(response)
     return size
 
 
@@ -319,7 +394,7 @@ async def upload(
     the share can be told apart from one killed before it."""
     try:
         ticket = await client.files_getUploadURLExternal(filename=filename, length=size)
-        await _send_bytes(http, str(ticket["upload_url"]), path)
+        await _send_bytes(http, str(ticket["upload_url"]), path, size)
         file_id = str(ticket["file_id"])
         if sharing is not None:
             await sharing(file_id)
@@ -345,10 +420,14 @@ async def upload(
 UPLOAD_ATTEMPTS = 4
 
 
-async def _send_bytes(http: httpx.AsyncClient, url: str, path: Path) -> None:
-    """POST the file to Slack's upload URL, waiting out 429s (Retry-After) and 5xx."""
+async def _send_bytes(http: httpx.AsyncClient, url: str, path: Path, size: int) -> None:
+    """POST the file to Slack's upload URL, waiting out 429s (Retry-After) and 5xx.
+
+    Streamed from disk with its length announced, as slack_sdk sends its own uploads: given
+    a Content-Length, httpx sends the body as it is instead of chunked."""
+    headers = {"Content-Length": str(size)}
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-        sent = await http.post(url, content=_chunks(path))
+        sent = await http.post(url, content=_chunks(path), headers=headers)
         if sent.status_code == 200:
             return
         retryable = sent.status_code == 429 or sent.status_code >= 500

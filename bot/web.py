@@ -41,9 +41,14 @@ def _authorized(request: web.Request) -> bool:
     if token is None:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.get_secret_value().encode()
-    )
+    try:
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives back the
+        # bytes sent, and a header that is not UTF-8 is compared as the bytes it is.
+        sent = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: not our token
+        return False
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, expected)
 
 
 @web.middleware

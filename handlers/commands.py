@@ -15,7 +15,8 @@ from bot.store import Store
 from handlers.guard import guarded
 from handlers.untrusted import text_of, user_of
 
-# With should_escape on, Slack sends a channel as <#C0123|name>; typed by hand it is #name.
+# With should_escape on, Slack sends a channel picked from its list as <#C0123|name>; one
+# typed and not picked arrives as plain #name, which is refused: a name is not an id.
 _CHANNEL = re.compile(r"<#(?P<id>[A-Z0-9]+)(?:\|[^>]*)?>|#(?P<name>[A-Za-z0-9_.-]+)")
 
 
@@ -49,6 +50,12 @@ async def _track(
     store: Store, on_track: Callable[[], None], args: list[str], command: dict[str, Any]
 ) -> str:
     task_id, channel, title = parse_track(args, text_of(command.get("channel_id")))
+    if channel.startswith("#"):
+        return (
+            f"Not tracked: {channel} reached the bot as plain text, not as a channel. Type `#`,"
+            " pick the channel from the list Slack offers (it becomes a link), and send the"
+            " command again; or leave the channel out to use this one."
+        )
     try:
         request = TrackRequest(task_id=task_id, channel=channel, title=title)
     except ValidationError as error:

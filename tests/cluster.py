@@ -277,7 +277,7 @@ class Cluster:
             "POLL_SLOW_INTERVAL": "0.3",
             "REDIS_URL": self.redis_url,
             "INTAKE_TOKEN": INTAKE,
-            "VIDEO_HOSTS": "127.0.0.1",
+            "VIDEO_HOSTS": httpx.URL(self.sim.url).netloc.decode(),  # its demo videos
             "DATA_DIR": str(self.workdir / name / "data"),
             "LOG_LEVEL": "INFO",
         }

@@ -426,6 +426,9 @@ class FakeSlack:
         else:
             data = await request.read()
         args = {"file_id": file_id, "size": len(data), "content_type": request.content_type}
+        # How the bytes came: with a Content-Length, or chunked without one.
+        args["content_length"] = request.headers.get("Content-Length")
+        args["transfer_encoding"] = request.headers.get("Transfer-Encoding")
 
         async def run(call: Call) -> web.Response:
             if file_id not in self._pending_files:

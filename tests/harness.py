@@ -21,7 +21,7 @@ import httpx
 from redis.asyncio import Redis
 
 from bot.app import Runtime, Upstreams
-from bot.config import Settings
+from bot.config import DEFAULT_VIDEO_HOSTS, Settings
 from bot.simulator import RunningSimulator
 from bot.store import EVENTS_STREAM, Store, TaskRecord
 from tests.conftest import serving, wait_for
@@ -170,7 +170,8 @@ def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra
         "POLL_SLOW_INTERVAL": 0.05,
         "REDIS_URL": redis_url,
         "INTAKE_TOKEN": INTAKE,
-        "VIDEO_HOSTS": "127.0.0.1",  # the simulator's demo videos, listed explicitly
+        # The simulator's demo videos, listed explicitly with the simulator's port.
+        "VIDEO_HOSTS": httpx.URL(sim.url).netloc.decode(),
     }
     return Settings(_env_file=None, **(values | extra))  # type: ignore[call-arg]
 
@@ -268,12 +269,23 @@ async def run_bot(
     redis_url: str,
     *,
     ivh_url: str | None = None,
+    builtin_simulator: bool = False,
     **extra: Any,
 ) -> AsyncIterator[Bot]:
-    """The whole bot; `ivh_url` puts something between it and the simulator (a proxy)."""
+    """The bot on `sim`; `ivh_url` puts something between them (a proxy). With
+    `builtin_simulator`, as `ivh-approvals demo` runs it: `sim` is its built-in simulator and
+    VIDEO_HOSTS keeps its default (the bot adds the simulator)."""
+    if builtin_simulator:
+        extra.setdefault("VIDEO_HOSTS", ",".join(DEFAULT_VIDEO_HOSTS))
     settings = settings_for(sim, fake, redis_url, **extra)
     assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
-    up = Upstreams(redis_url, ivh_url or sim.url, settings.IVH_APPKEY, sim.sim.access_token)
+    up = Upstreams(
+        redis_url,
+        ivh_url or sim.url,
+        settings.IVH_APPKEY,
+        sim.sim.access_token,
+        simulator=sim.sim if builtin_simulator else None,
+    )
     runtime = Runtime.build(settings, up)
     assert runtime.slack is not None
     loops = [

@@ -73,6 +73,13 @@ async def test_wrong_or_missing_token_is_401(client, headers):
         ({"task_id": "has space"}, 422, "printable"),
         ({"task_id": 12345}, 422, "task_id"),
         ({"task_id": "t", "channel": "not a channel!"}, 422, "channel"),
+        (
+            {"task_id": "t", "channel": "#approvals"},
+            422,
+            "channel: expected a channel id such as C0123ABCD, not the name #approvals",
+        ),
+        ({"task_id": "t", "channel": "approvals"}, 422, "channel: expected a Slack channel id"),
+        ({"task_id": "t", "channel": "c0123abcd"}, 422, "channel: expected a Slack channel id"),
         ({"task_id": "t", "colour": "red"}, 422, "colour"),
         (["t"], 400, "JSON object"),
     ],
@@ -110,3 +117,47 @@ async def test_get_task_shows_record_and_history(client):
 async def test_healthz(client):
     answer = await client.get("/healthz")
     assert answer.status_code == 200 and answer.json() == {"redis": True, "poller": True}
+
+
+@pytest.mark.parametrize(
+    "token", [b"Bearer \xff\xfe", b"Bearer \xc3", b"Bearer caf\xc3\xa9", b"Bearer " + b"\xe9" * 20]
+)
+async def test_a_token_with_bytes_that_are_not_ascii_is_401_not_a_server_error(client, token):
+    headers = {"Authorization": token}  # raw bytes on the wire, as a broken client sends them
+    answer = await client.post("/tasks", json={"task_id": "t-1"}, headers=headers)
+    assert answer.status_code == 401
+    assert "bearer token" in answer.json()["error"]
+    answer = await client.get("/tasks/t-1", headers=headers)
+    assert answer.status_code == 401
+    assert "bearer token" in answer.json()["error"]
+
+
+async def test_a_token_that_is_not_ascii_matches_its_utf8_bytes(store):
+    async def health() -> dict[str, bool]:
+        return {}
+
+    app = make_web_app(store, intake_token=SecretStr("clé-secrète"), health=health)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        sent = {"Authorization": "Bearer clé-secrète".encode()}
+        assert (await http.post("/tasks", json={"task_id": "t-1"}, headers=sent)).status_code == 202
+        latin1 = {"Authorization": "Bearer clé-secrète".encode("latin-1")}
+        assert (await http.get("/tasks/t-1", headers=latin1)).status_code == 401
+
+
+def test_the_track_command_refuses_a_channel_name(tmp_path):
+    """`ivh-approvals track` checks the request as POST /tasks does, before reaching Redis."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "track", "t-1", "--channel", "#approvals"],
+        cwd=tmp_path,  # no .env here
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "channel: expected a channel id such as C0123ABCD, not the name #approvals" in (
+        run.stderr
+    )

@@ -41,6 +41,8 @@ def test_defaults_are_the_documented_ones():
         ({"APPROVERS": "U0123ABC,alice"}, "APPROVERS"),
         ({"APPROVER_GROUP": "admins"}, "APPROVER_GROUP"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"SLACK_CHANNEL": "#approvals"}, "SLACK_CHANNEL: expected a channel id"),
+        ({"SLACK_CHANNEL": "approvals"}, "SLACK_CHANNEL: expected a Slack channel id"),
         ({"DECISION_CLAIM_SECONDS": "60"}, "DECISION_CLAIM_SECONDS"),  # <= 30 + 60
     ],
 )
@@ -52,6 +54,11 @@ def test_a_wrong_setting_is_named(monkeypatch, env, named):
     message = str(caught.value)
     assert named in message
     assert "\n" not in message
+
+
+def test_the_default_channel_is_an_id(monkeypatch):
+    monkeypatch.setenv("SLACK_CHANNEL", " C0123ABCD ")
+    assert load_settings().SLACK_CHANNEL == "C0123ABCD"
 
 
 def test_secrets_are_never_echoed(monkeypatch):

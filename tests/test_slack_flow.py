@@ -277,6 +277,19 @@ async def test_slash_command_tracks_and_reports(bot: Bot):
     assert "Not tracked" in bad and "128" in bad
 
 
+async def test_the_demo_copies_its_simulator_videos_with_video_hosts_left_alone(
+    sim, fake, redis_url
+):
+    # `ivh-approvals demo`: the simulator listens on a port of its own, and the bot lets its
+    # videos in by adding exactly that host and port to the default VIDEO_HOSTS.
+    async with run_bot(sim, fake, redis_url, builtin_simulator=True) as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        [upload] = [m for m in bot.thread(record) if m.files]
+        assert bot.fake.uploads[upload.files[0]["id"]] == DEMO_MP4
+
+
 async def test_an_oversized_video_still_posts_the_message_with_its_link(sim, fake, redis_url):
     async with run_bot(sim, fake, redis_url, VIDEO_MAX_BYTES=1000) as bot:
         task = bot.sim.sim.create_task()
@@ -520,3 +533,29 @@ async def test_hostile_titles_and_ids_reach_slack_inert_and_within_limits(bot: B
     for mention in ("<!everyone>", "<!here>", "<@U0BOSS>"):
         assert mention not in shown
     assert "&lt;!here&gt;" in bot.parent(record).text
+
+
+async def test_a_task_stored_with_a_channel_name_is_never_looked_up_by_name(store, fake, caplog):
+    """A task tracked by #name before names were refused: after a crash mid-post, its channel's
+    history cannot be read by name (conversations.history takes ids), so it is posted anew."""
+    from bot.slack import Thread, make_client
+
+    await store.track("t-1", channel="#approvals", title=None, tracked_by="cli")
+    await store.mark_posting("t-1", time.time() - 5)  # a process died while posting it
+    thread = Thread(store, make_client("xoxb-test-token", fake.api_url), None)
+    record = await thread.ensure_parent("t-1")
+    assert fake.calls_to("conversations.history") == []
+    assert record is not None and record.slack_channel == fake._channel_id("#approvals")
+    assert "cannot look for a message posted before a crash (channel #approvals is a name" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize("channel", ["#approvals", "#avatars-review"])
+async def test_a_channel_typed_as_plain_text_is_refused_with_how_to_pick_it(bot: Bot, channel):
+    task = bot.sim.sim.create_task()
+    answer = await bot.command(f"track {task.task_id} {channel} Anna's voice")
+    assert answer.status_code == 200
+    assert f"Not tracked: {channel} reached the bot as plain text" in answer.text
+    assert "pick the channel from the list Slack offers" in answer.text
+    assert await bot.store.get(task.task_id) is None

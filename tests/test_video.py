@@ -30,12 +30,14 @@ from bot.video import (
     copy_to_thread,
     download,
     is_public_address,
+    looks_like_video,
     resolve_host,
 )
 from tests.conftest import serving
 from tests.fake_slack import fake_slack
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+PAGE = b"<!DOCTYPE html><html><body>Access denied</body></html>" * 50
 MB = 1_000_000
 
 
@@ -71,12 +73,46 @@ def test_an_address_matches_only_an_exact_entry():
 def test_including_adds_one_exact_entry():
     policy = HostPolicy.parse("*.myqcloud.com").including("127.0.0.1")
     assert policy.explicit("127.0.0.1") and policy.allows("b.cos.ap-nanjing.myqcloud.com")
+    simulator = HostPolicy.parse("*.myqcloud.com").including("127.0.0.1", 8900)
+    assert simulator.explicit("127.0.0.1", 8900, "http") and simulator.allows("127.0.0.1", 8900)
+    assert not simulator.allows("127.0.0.1") and not simulator.allows("127.0.0.1", 8901)
+
+
+def test_an_entry_without_a_port_allows_the_default_ports_only():
+    policy = HostPolicy.parse("media.example.com, 127.0.0.1, [::1], *.example.net")
+    for host in ("media.example.com", "127.0.0.1", "::1", "cdn.example.net"):
+        assert policy.allows(host, None, "https") and policy.allows(host, None, "http")
+        assert policy.allows(host, 443, "https") and policy.allows(host, 80, "http")
+        assert not policy.allows(host, 8900, "http") and not policy.allows(host, 22, "https")
+        assert not policy.allows(host, 443, "http") and not policy.allows(host, 80, "https")
+    assert not policy.explicit("127.0.0.1", 6379, "http")  # no way to a local service
+
+
+@pytest.mark.parametrize(
+    ("entry", "host"),
+    [("127.0.0.1:8900", "127.0.0.1"), ("[::1]:8900", "::1"), ("Host.Example:8900", "host.example"),
+     ("*.example.com:8900", "cdn.example.com")],
+)  # fmt: skip
+def test_an_entry_with_a_port_allows_that_port_only(entry, host):
+    policy = HostPolicy.parse(entry)
+    assert policy.allows(host, 8900, "http") and policy.allows(host, 8900, "https")
+    assert not policy.allows(host, None, "https") and not policy.allows(host, 8901, "http")
+    assert policy.explicit(host, 8900, "http") == (not entry.startswith("*."))
+
+
+def test_a_port_written_as_the_default_one_means_that_port_in_either_scheme():
+    policy = HostPolicy.parse("media.example.com:443")
+    assert policy.allows("media.example.com", None, "https")
+    assert policy.allows("media.example.com", 443, "http")
+    assert not policy.allows("media.example.com", None, "http")  # port 80
 
 
 @pytest.mark.parametrize(
     "entry",
-    ["https://a.example.com", "a.example.com:443", "a.example.com/x", "*", "*.", "a.*.com",
-     "*.10.0.0.1", "exa mple.com", "-a.example.com"],
+    ["https://a.example.com", "a.example.com/x", "*", "*.", "a.*.com",
+     "*.10.0.0.1", "exa mple.com", "-a.example.com", "a.example.com:", "a.example.com:0",
+     "a.example.com:65536", "a.example.com:443x", "*.example.com:https", ":443", "[::1]:",
+     "[a.example.com]:443", "127.0.0.1:80:80"],
 )  # fmt: skip
 def test_a_malformed_entry_is_refused(entry):
     with pytest.raises(ValueError, match="expected host names"):
@@ -106,8 +142,15 @@ def test_video_hosts_setting_defaults_to_tencent_media_and_names_a_bad_entry():
     settings = load_settings(_env_file=None, VIDEO_HOSTS="127.0.0.1, *.example.com")
     assert settings.VIDEO_HOSTS == ["127.0.0.1", "*.example.com"]
     assert settings.video_hosts.explicit("127.0.0.1")
+    ported = load_settings(_env_file=None, VIDEO_HOSTS="127.0.0.1:8900, *.example.com:8443")
+    assert ported.video_hosts.explicit("127.0.0.1", 8900, "http")
+    assert ported.video_hosts.allows("cdn.example.com", 8443) and not ported.video_hosts.allows(
+        "cdn.example.com"
+    )
     with pytest.raises(SettingsError, match="VIDEO_HOSTS"):
         load_settings(_env_file=None, VIDEO_HOSTS="https://cdn.example.com/videos")
+    with pytest.raises(SettingsError, match=r"VIDEO_HOSTS.*:port \(1-65535\)"):
+        load_settings(_env_file=None, VIDEO_HOSTS="127.0.0.1:99999")
 
 
 async def test_the_system_resolver_is_asked_without_blocking():
@@ -125,6 +168,10 @@ class Media:
 
     def at(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
+
+    def listed(self, host: str = "127.0.0.1") -> str:
+        """The VIDEO_HOSTS entry for this server: it is not on a default port."""
+        return f"{host}:{self.port}"
 
 
 def media_app(seen: list[str]) -> web.Application:
@@ -156,6 +203,7 @@ def media_app(seen: list[str]) -> web.Application:
         response.enable_chunked_encoding()
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
+            await response.write(VIDEO[:8])  # a video, as far as the first bytes tell
             for _ in range(1000):  # 64 MB at most, if nobody hung up
                 await response.write(b"x" * 65536)
         return response
@@ -166,8 +214,8 @@ def media_app(seen: list[str]) -> web.Application:
         response.content_length = 100
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
-            for _ in range(100):
-                await response.write(b"x")
+            for byte in VIDEO[:100]:
+                await response.write(bytes([byte]))
                 await asyncio.sleep(0.05)
         return response
 
@@ -178,6 +226,19 @@ def media_app(seen: list[str]) -> web.Application:
     async def empty(request: web.Request) -> web.Response:
         seen.append(request.host)
         return web.Response(body=b"", content_type="video/mp4")
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
+
+    async def mislabelled(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        headers = {"Content-Type": request.query.get("type", "video/mp4")}
+        return web.Response(body=PAGE, headers=headers)
+
+    async def tiny(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(body=b"\x00\x00\x00", content_type="video/mp4")
 
     app = web.Application()
     app.add_routes(
@@ -190,6 +251,9 @@ def media_app(seen: list[str]) -> web.Application:
             web.get("/trickle", trickle),
             web.get("/gzip", compressed),
             web.get("/empty", empty),
+            web.get("/page", page),
+            web.get("/mislabelled", mislabelled),
+            web.get("/tiny", tiny),
         ]
     )
     return app
@@ -239,28 +303,28 @@ def dns(answers: dict[str, list[str]]) -> Callable[[str, int], Awaitable[list[st
 
 
 async def test_an_explicitly_listed_loopback_server_is_downloaded(media, fetch, tmp_path):
-    assert await fetch(media.at("/video"), "127.0.0.1") == len(VIDEO)
+    assert await fetch(media.at("/video"), media.listed()) == len(VIDEO)
     assert (tmp_path / "demo.mp4").read_bytes() == VIDEO
 
 
 async def test_a_listed_name_is_fetched_from_its_checked_address_under_its_own_name(media, fetch):
-    assert await fetch(media.at("/video", "localhost"), "localhost") == len(VIDEO)
+    assert await fetch(media.at("/video", "localhost"), media.listed("localhost")) == len(VIDEO)
     assert media.hosts == [f"localhost:{media.port}"]
 
 
 @pytest.mark.parametrize(
     ("host", "hosts"),
     [
-        ("127.0.0.1", "*.example.com"),
-        ("localhost", "*.example.com, 127.0.0.1"),
-        ("[::1]", "*.example.com, 127.0.0.1"),
-        ("169.254.169.254", "*.example.com"),
-        ("10.0.0.1", "*.0.0.1"),
+        ("127.0.0.1", "*.example.com:{port}"),
+        ("localhost", "*.example.com:{port}, 127.0.0.1:{port}"),
+        ("[::1]", "*.example.com:{port}, 127.0.0.1:{port}"),
+        ("169.254.169.254", "*.example.com:{port}"),
+        ("10.0.0.1", "*.0.0.1:{port}"),
     ],
 )
 async def test_a_host_not_listed_is_refused(media, fetch, host, hosts):
     with pytest.raises(VideoError, match="is not allowed"):
-        await fetch(media.at("/video", host), hosts)
+        await fetch(media.at("/video", host), hosts.format(port=media.port))
     assert media.hosts == []
 
 
@@ -285,7 +349,7 @@ async def test_a_wildcard_name_resolving_to_an_internal_address_is_refused(
             tmp_path / "demo.mp4",
             max_bytes=MB,
             time_limit=5,
-            hosts=HostPolicy.parse("*.example.com"),
+            hosts=HostPolicy.parse(media.listed("*.example.com")),
             resolve=dns({"cdn.example.com": answer}),
         )
     assert media.hosts == []
@@ -294,12 +358,12 @@ async def test_a_wildcard_name_resolving_to_an_internal_address_is_refused(
 async def test_only_an_exact_entry_lets_a_name_resolve_to_loopback(media, http, tmp_path):
     resolve = dns({"media.example.com": ["127.0.0.1"]})
     url = media.at("/video", "media.example.com")
-    exact = HostPolicy.parse("media.example.com")
+    exact = HostPolicy.parse(media.listed("media.example.com"))
     size = await download(
         http, url, tmp_path / "a.mp4", max_bytes=MB, time_limit=5, hosts=exact, resolve=resolve
     )
     assert size == len(VIDEO) and media.hosts == [f"media.example.com:{media.port}"]
-    wildcard = HostPolicy.parse("*.example.com")
+    wildcard = HostPolicy.parse(media.listed("*.example.com"))
     with pytest.raises(VideoError, match="private or local address"):
         await download(
             http,
@@ -339,19 +403,33 @@ async def test_an_unresolvable_name_is_refused(http, tmp_path):
 async def test_a_redirect_to_a_host_not_listed_is_refused(media, fetch, target, refusal):
     location = target.format(port=media.port)
     with pytest.raises(VideoError, match=refusal):
-        await fetch(media.at("/to") + "?" + str(httpx.QueryParams(url=location)), "127.0.0.1")
+        await fetch(media.at("/to") + "?" + str(httpx.QueryParams(url=location)), media.listed())
     assert media.hosts == [f"127.0.0.1:{media.port}"]  # the redirect only, nothing after it
 
 
+async def test_a_listed_host_on_another_port_is_refused_before_any_request(media, fetch):
+    with pytest.raises(VideoError, match=f"host 127.0.0.1 port {media.port} is not allowed"):
+        await fetch(media.at("/video"), "127.0.0.1, 127.0.0.1:1")
+    with pytest.raises(VideoError, match="is not allowed"):
+        await fetch(media.at("/video", "localhost"), f"localhost, 127.0.0.1:{media.port}")
+    assert media.hosts == []
+
+
+async def test_a_redirect_to_another_port_of_a_listed_host_is_refused(media, fetch):
+    with pytest.raises(VideoError, match="port 8 is not allowed"):
+        await fetch(media.at("/to?url=http://127.0.0.1:8/video"), media.listed())
+    assert media.hosts == [f"127.0.0.1:{media.port}"]  # the redirect only
+
+
 async def test_a_redirect_within_the_listed_hosts_is_followed(media, fetch):
-    assert await fetch(media.at("/to?url=/video"), "127.0.0.1") == len(VIDEO)
+    assert await fetch(media.at("/to?url=/video"), media.listed()) == len(VIDEO)
 
 
 async def test_three_redirects_are_followed_and_a_fourth_is_refused(media, fetch):
-    assert await fetch(media.at("/hop/2"), "127.0.0.1") == len(VIDEO)  # 3 redirects
+    assert await fetch(media.at("/hop/2"), media.listed()) == len(VIDEO)  # 3 redirects
     media.hosts.clear()
     with pytest.raises(VideoError, match="redirected more than 3 times"):
-        await fetch(media.at("/hop/3"), "127.0.0.1")  # 4 redirects
+        await fetch(media.at("/hop/3"), media.listed())  # 4 redirects
     assert len(media.hosts) == 4  # the last redirect is not followed
 
 
@@ -360,25 +438,25 @@ async def test_three_redirects_are_followed_and_a_fourth_is_refused(media, fetch
 
 async def test_an_announced_size_over_the_cap_is_refused_before_reading(media, fetch, tmp_path):
     with pytest.raises(VideoError, match="larger than 1 MB"):
-        await fetch(media.at("/huge"), "127.0.0.1")
+        await fetch(media.at("/huge"), media.listed())
     assert not (tmp_path / "demo.mp4").exists()
 
 
 async def test_a_chunked_stream_over_the_cap_is_cut_off(media, fetch, tmp_path):
     with pytest.raises(VideoError, match="larger than 1 MB"):
-        await fetch(media.at("/endless"), "127.0.0.1")
+        await fetch(media.at("/endless"), media.listed())
     assert (tmp_path / "demo.mp4").stat().st_size <= MB
 
 
 async def test_a_small_cap_is_stated_in_bytes(media, fetch):
     with pytest.raises(VideoError, match="larger than 1000 bytes"):
-        await fetch(media.at("/video"), "127.0.0.1", max_bytes=1000)
+        await fetch(media.at("/video"), media.listed(), max_bytes=1000)
 
 
 async def test_the_deadline_covers_the_whole_download_not_each_read(media, fetch):
     started = time.monotonic()
     with pytest.raises(VideoError, match=r"took longer than 0\.5 s"):
-        await fetch(media.at("/trickle"), "127.0.0.1", time_limit=0.5)
+        await fetch(media.at("/trickle"), media.listed(), time_limit=0.5)
     assert time.monotonic() - started < 2  # each byte came well within any per-read timeout
 
 
@@ -388,7 +466,76 @@ async def test_the_deadline_covers_the_whole_download_not_each_read(media, fetch
 )
 async def test_a_bad_answer_is_explained(media, fetch, path, refusal):
     with pytest.raises(VideoError, match=refusal):
-        await fetch(media.at(path), "127.0.0.1")
+        await fetch(media.at(path), media.listed())
+
+
+# --- a video, not whatever the link serves -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x00\x00\x00\x20ftypisom",  # MP4
+        b"\x00\x00\x00\x14ftypqt  ",  # QuickTime with a file type box
+        b"\x00\x00\x00\x08wide\x00\x01\x00\x00mdat",  # older QuickTime
+        b"\x00\x00\x2f\x00moov",
+        b"\x00\x00\x00\x01mdat" + b"\x00" * 8,  # a 64-bit size follows
+        b"\x00\x00\x00\x00mdat",  # to the end of the file
+        b"\x00\x00\x00\x10free",
+        b"\x00\x00\x00\x10skip",
+        b"\x00\x00\x00\x14pnot",
+    ],
+)
+def test_mp4_and_quicktime_files_look_like_videos(head):
+    assert looks_like_video(head)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"<!DOCTYPE html>", b"<html><head>", b'{"error": "expired"}', b"\x1aE\xdf\xa3webm",
+     b"GIF89a......", b"\x00\x00\x00\x04ftyp", b"\x00\x00\x00\x20FTYP", b"\x00\x00\x00\x20ftp",
+     b""],
+)  # fmt: skip
+def test_other_files_do_not(head):
+    assert not looks_like_video(head)
+
+
+@pytest.mark.parametrize(
+    ("path", "refusal"),
+    [
+        ("/page", "the demo link served text/html, not a video"),
+        ("/mislabelled", "the demo link's file is not an MP4 or QuickTime video"),
+        ("/mislabelled?type=application/octet-stream", "is not an MP4 or QuickTime video"),
+        ("/mislabelled?type=application/json;%20charset=utf-8", "served application/json, not"),
+        ("/mislabelled?type=<b>bold</b>", "is not an MP4 or QuickTime video"),
+        ("/tiny", "is not an MP4 or QuickTime video"),
+    ],
+)
+async def test_what_is_not_a_video_is_refused_saying_what_it_is(media, fetch, path, refusal):
+    with pytest.raises(VideoError) as refused:
+        await fetch(media.at(path), media.listed())
+    assert refusal in str(refused.value)
+
+
+async def test_a_page_instead_of_a_video_is_not_uploaded(media, http):
+    async with fake_slack() as fake:
+        client = AsyncWebClient(token="xoxb-test-token", base_url=fake.api_url)
+        parent = await client.chat_postMessage(channel="C1", text="Demo ready")
+        with pytest.raises(VideoError, match="served text/html, not a video"):
+            await copy_to_thread(
+                client,
+                http,
+                media.at("/page"),
+                max_bytes=MB,
+                hosts=HostPolicy.parse(media.listed()),
+                time_limit=5,
+                filename="demo.mp4",
+                channel="C1",
+                thread_ts=parent["ts"],
+                comment="Demo video",
+            )
+        assert fake.calls_to("files.getUploadURLExternal") == []
+        assert fake.uploads == {} and fake.thread("C1", parent["ts"]) == []
 
 
 # --- https: the checked address, the original name for SNI and the certificate -------------
@@ -443,7 +590,7 @@ async def test_https_connects_to_the_checked_address_and_verifies_the_name(
             tmp_path / "a.mp4",
             max_bytes=MB,
             time_limit=5,
-            hosts=HostPolicy.parse("localhost"),
+            hosts=HostPolicy.parse(f"localhost:{port}"),
         )
         assert size == len(VIDEO)
         assert (seen, sni) == ([f"localhost:{port}"], ["localhost"])
@@ -456,7 +603,7 @@ async def test_https_connects_to_the_checked_address_and_verifies_the_name(
                 tmp_path / "b.mp4",
                 max_bytes=MB,
                 time_limit=5,
-                hosts=HostPolicy.parse("127.0.0.1"),
+                hosts=HostPolicy.parse(f"127.0.0.1:{port}"),
             )
 
 
@@ -472,7 +619,7 @@ async def test_copy_to_thread_uploads_the_checked_download(media, http):
             http,
             media.at("/video"),
             max_bytes=MB,
-            hosts=HostPolicy.parse("127.0.0.1"),
+            hosts=HostPolicy.parse(media.listed()),
             time_limit=5,
             filename="demo.mp4",
             channel="C1",
@@ -482,3 +629,6 @@ async def test_copy_to_thread_uploads_the_checked_download(media, http):
         [share] = fake.thread("C1", parent["ts"])
         [file] = share.files
         assert fake.uploads[file["id"]] == VIDEO
+        [sent] = fake.calls_to("upload")
+        assert sent.args["content_length"] == str(len(VIDEO))
+        assert sent.args["transfer_encoding"] is None
