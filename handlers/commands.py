@@ -49,7 +49,10 @@ def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> No
 async def _track(
     store: Store, on_track: Callable[[], None], args: list[str], command: dict[str, Any]
 ) -> str:
-    task_id, channel, title = parse_track(args, text_of(command.get("channel_id")))
+    here = text_of(command.get("channel_id"))
+    task_id, channel, title = parse_track(args, here)
+    if channel.startswith("#") and channel[1:] == text_of(command.get("channel_name")) and here:
+        channel = here  # this channel, named: Slack told us its id with the command
     if channel.startswith("#"):
         return (
             f"Not tracked: {channel} reached the bot as plain text, not as a channel. Type `#`,"

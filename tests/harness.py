@@ -119,14 +119,22 @@ def view_submission(
 
 
 def slash_command(
-    team_id: str, text: str, *, user: str, channel: str, response_url: str, trigger_id: str
+    team_id: str,
+    text: str,
+    *,
+    user: str,
+    channel: str,
+    response_url: str,
+    trigger_id: str,
+    channel_name: str = "approvals",
 ) -> dict[str, str]:
-    """The form fields of an `/ivh` slash command."""
+    """The form fields of an `/ivh` slash command typed in `channel` (named `channel_name`)."""
     return {
         "command": "/ivh",
         "text": text,
         "user_id": user,
         "channel_id": channel,
+        "channel_name": channel_name,
         "team_id": team_id,
         "response_url": response_url,
         "trigger_id": trigger_id,

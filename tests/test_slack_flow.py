@@ -551,7 +551,17 @@ async def test_a_task_stored_with_a_channel_name_is_never_looked_up_by_name(stor
     )
 
 
-@pytest.mark.parametrize("channel", ["#approvals", "#avatars-review"])
+async def test_the_channel_typed_in_named_as_plain_text_is_tracked_by_its_id(bot: Bot):
+    """Slack sends the id and name of the channel the command was typed in: that name needs
+    no look-up."""
+    task = bot.sim.sim.create_task()
+    answer = await bot.command(f"track {task.task_id} #approvals Anna")
+    assert f"its demo will be posted in <#{CHANNEL}>" in answer.text
+    record = await bot.record(task.task_id)
+    assert record.channel == CHANNEL
+
+
+@pytest.mark.parametrize("channel", ["#other-approvals", "#avatars-review"])
 async def test_a_channel_typed_as_plain_text_is_refused_with_how_to_pick_it(bot: Bot, channel):
     task = bot.sim.sim.create_task()
     answer = await bot.command(f"track {task.task_id} {channel} Anna's voice")
