@@ -74,6 +74,8 @@ async def _simulate(args: argparse.Namespace) -> None:
         deliver_seconds=args.deliver_seconds,
         latency_ms=args.latency_ms,
         auto_create=args.auto_create,
+        train_record=args.train_record,
+        resign_urls=args.resign_urls,
     )
     for task_id in args.task:
         sim.create_task(task_id)
@@ -164,6 +166,19 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--task", action="append", default=[], help="create a task with this id")
     sim.add_argument(
         "--auto-create", action="store_true", help="create any unknown task id on first query"
+    )
+    # What Tencent's docs leave open, played either way (see the README's simulator section).
+    sim.add_argument(
+        "--train-record",
+        choices=("current", "history"),
+        default="current",
+        help="TrainRecord lists the round awaiting confirmation too (current) or only the"
+        " earlier ones (history)",
+    )
+    sim.add_argument(
+        "--resign-urls",
+        action="store_true",
+        help="demo URLs carry a new query on every read, as links signed afresh would",
     )
 
     track = sub.add_parser("track", help="start tracking a task id")

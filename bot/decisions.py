@@ -11,6 +11,7 @@ from typing import Literal
 
 from bot import messages
 from bot.approvers import Approvers
+from bot.events import Snapshot
 from bot.ivh import REASON_MAX, IvhClient, IvhError
 from bot.slack import Busy, Thread
 from bot.state import Decision, Phase, TaskView
@@ -110,8 +111,9 @@ class Decider:
             await notify(refusal)
             return
         outcome = _Outcome(keep_claim=False)
+        seen = loaded[0].snapshot if loaded is not None else None
         try:
-            outcome = await self._send(task_id, round_, claim)
+            outcome = await self._send(task_id, round_, claim, seen)
         finally:
             # A recorded decision closes the round for good; the claim only guards the call,
             # unless nobody knows yet whether the call took effect.
@@ -123,12 +125,14 @@ class Decider:
             if outcome.in_thread and record is not None:
                 await self._thread.reply(record, {"text": outcome.text})
 
-    async def _send(self, task_id: str, round_: int, claim: Claim) -> _Outcome:
+    async def _send(
+        self, task_id: str, round_: int, claim: Claim, seen: Snapshot | None
+    ) -> _Outcome:
         operate: Operate = "AGREE" if claim.operate == "AGREE" else "REJECT"
         try:
             request_id = await self._ivh.customer_confirm(task_id, operate, claim.reason or None)
         except IvhError as error:
-            return await self._after_error(task_id, round_, claim, error)
+            return await self._after_error(task_id, round_, claim, error, seen)
         log.info(
             "task %s round %d: %s by %s (%s)", task_id, round_, operate, claim.user, request_id
         )
@@ -144,7 +148,7 @@ class Decider:
             log.info("task %s round %d: %s", task_id, round_, busy)
 
     async def _after_error(
-        self, task_id: str, round_: int, claim: Claim, error: IvhError
+        self, task_id: str, round_: int, claim: Claim, error: IvhError, seen: Snapshot | None
     ) -> _Outcome:
         """Whatever went wrong, learn the task's real state before saying anything."""
         log.warning("task %s round %d: %s failed: %s", task_id, round_, claim.operate, error)
@@ -160,9 +164,9 @@ class Decider:
                     keep_claim=True,
                 )
             progress = None
-        still_waiting = progress is None or (
-            progress.waiting_for_confirmation and progress.round <= round_
-        )
+        now = Snapshot.of(progress, seen) if progress is not None else None
+        # Still waiting in this round: not moved on, and not already waiting in the next one.
+        still_waiting = now is None or (now.waiting and now.round <= round_)
         if not still_waiting and error.outcome_unknown:
             # Our call reached Tencent after all: the round moved on because of it.
             await self.record(task_id, round_, claim, error.request_id)

@@ -29,19 +29,21 @@ class Snapshot(BaseModel):
     stage_status: str = ""
     round: int = 0
     demo_urls: tuple[str, ...] = ()
+    train_records: int | None = None  # TrainRecord's length; None: not given (or not kept)
     reject_reason: str = ""
     fail_message: str = ""
     assets: tuple[dict[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, progress: Progress, *, previous_round: int = 0) -> Snapshot:
-        # The round never goes backwards: outside CONFIRM, StageInfo is empty and says nothing.
+    def of(cls, progress: Progress, previous: Snapshot | None = None) -> Snapshot:
+        """The snapshot of `progress`, numbered against the last one seen (`previous`)."""
         return cls(
             status=progress.status,
             stage=progress.stage,
             stage_status=progress.stage_status,
-            round=max(progress.round, previous_round),
+            round=round_of(previous, progress),
             demo_urls=tuple(progress.demo_urls),
+            train_records=progress.train_records,
             reject_reason=progress.confirm.reject_reason if progress.confirm else "",
             fail_message=progress.fail_message,
             assets=tuple(progress.assets),
@@ -54,6 +56,36 @@ class Snapshot(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status in ("SUCCESS", "FAIL")
+
+
+def demo_identity(urls: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """Which videos a set of demo URLs names: the URLs without query or fragment, since a
+    storage link may be signed afresh on every read while naming the same file."""
+    return frozenset(url.split("#", 1)[0].split("?", 1)[0] for url in urls)
+
+
+def round_of(previous: Snapshot | None, progress: Progress) -> int:
+    """Which round `progress` is in, given the last snapshot seen of the task.
+
+    Right under both readings of TrainRecord (it lists the round awaiting confirmation, or only
+    the earlier ones) and when a retrain finishes between two polls: a new round starts when the
+    task comes back to WAIT_PROCESS after leaving it, or when, still waiting, its demo videos
+    change or TrainRecord grows. TrainRecord may only raise the count, never lower it.
+    """
+    listed = progress.train_records or 0
+    last = previous.round if previous is not None else 0
+    if not progress.waiting_for_confirmation:
+        # Outside WAIT_PROCESS nothing starts a round; a task first seen delivering has had one.
+        return max(last, listed, 1 if progress.confirm is not None else 0)
+    if previous is None or last == 0:
+        return max(listed, 1)  # the first round seen: TrainRecord's count is all there is
+    if not previous.waiting:
+        return max(last + 1, listed)  # back to WAIT_PROCESS after leaving it
+    grew = previous.train_records is not None and listed > previous.train_records
+    changed = demo_identity(previous.demo_urls) != demo_identity(progress.demo_urls)
+    if grew or changed:
+        return max(last + 1, listed)  # retrained between two polls
+    return last
 
 
 class Event(BaseModel):

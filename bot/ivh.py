@@ -174,11 +174,11 @@ class Progress(BaseModel):
         return list(self.confirm.train_result) if self.confirm else []
 
     @property
-    def round(self) -> int:
-        """Which training round the demo belongs to: one TrainRecord entry per round."""
-        if self.confirm is None:
-            return 0
-        return max(len(self.confirm.train_record), 1)
+    def train_records(self) -> int | None:
+        """How many rounds TrainRecord lists; None outside CONFIRM, where it is not given.
+        Whether it counts the round awaiting confirmation is not documented: see
+        `bot.events.round_of`, the one place that reads it."""
+        return len(self.confirm.train_record) if self.confirm is not None else None
 
 
 # --- the client ----------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class Poller:
             log.warning("poll %s failed (%d in a row): %s", task_id, failures, error)
             return
         now = self._clock()
-        snapshot = Snapshot.of(progress, previous_round=record.round)
+        snapshot = Snapshot.of(progress, record.snapshot)
         events = build_events(task_id, record.snapshot, snapshot, now)
         same_stage = record.snapshot is not None and (
             (record.snapshot.stage, record.snapshot.status) == (snapshot.stage, snapshot.status)

@@ -30,6 +30,10 @@ FAIL_STAGES = ("AUDIT", "TRAIN")
 NO_CONFIRM_KINDS = frozenset({"IMAGE_PHOTO"})  # photo customization ends without a decision
 BEIJING = timezone(timedelta(hours=8))
 
+# Readings of what the docs leave open, each of which the simulator can play.
+# TrainRecord lists every round including the one awaiting confirmation, or only earlier ones.
+TRAIN_RECORD_READINGS = ("current", "history")
+
 # The two API actions, and what the admin API accepts.
 GET_PROGRESS = "getprogress"
 CUSTOMER_CONFIRM = "customerconfirm"
@@ -209,20 +213,26 @@ class SimTask:
         base = media_base.rstrip("/")
         return [f"{base}/media/{self.task_id}/{round_}/{n}.mp4" for n in range(1, self.demos + 1)]
 
-    def payload(self, media_base: str) -> dict[str, Any]:
-        """The getprogress Payload as of the last `settle`."""
+    def payload(
+        self, media_base: str, *, train_record: str = "current", signed_as: str = ""
+    ) -> dict[str, Any]:
+        """The getprogress Payload as of the last `settle`. `train_record` is the reading of
+        TrainRecord to play (TRAIN_RECORD_READINGS); `signed_as`, when given, is appended to
+        each demo URL as a query, as a storage link signed afresh on each read would be."""
         if self.phase is Phase.FAIL:
             status, stage, stage_status = "FAIL", self.failed_stage, "FAIL"
         else:
             status, stage, stage_status = _STAGES[self.phase]
         stage_info = ""
         if stage == "CONFIRM":
+            listed = self.train_starts if train_record == "current" else self.train_starts[:-1]
             record = [
                 {"StartTime": beijing_time(start), "Record": self.demo_urls(media_base, n)}
-                for n, start in enumerate(self.train_starts, start=1)
+                for n, start in enumerate(listed, start=1)
             ]
+            query = f"?sign={signed_as}" if signed_as else ""
             content = {
-                "TrainResult": self.demo_urls(media_base, self.round),
+                "TrainResult": [url + query for url in self.demo_urls(media_base, self.round)],
                 "RejectReason": "",
                 "TrainRecord": record,
             }

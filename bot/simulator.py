@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import random
 import re
@@ -32,6 +33,7 @@ from bot.sim_state import (
     GET_PROGRESS,
     MESSAGE_NOT_FOUND,
     TASK_ID,
+    TRAIN_RECORD_READINGS,
     Fault,
     SimRefused,
     SimTask,
@@ -66,8 +68,15 @@ class Simulator:
         deliver_seconds: float = 2,
         latency_ms: float = 0,
         auto_create: bool = False,
+        train_record: str = "current",
+        resign_urls: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if train_record not in TRAIN_RECORD_READINGS:
+            raise ValueError(f"train_record must be one of {', '.join(TRAIN_RECORD_READINGS)}")
+        self.train_record = train_record  # which reading of TrainRecord to play
+        self.resign_urls = resign_urls  # demo URLs with a new query on every read
+        self._reads = itertools.count(1)
         self.appkey = appkey
         self.access_token = access_token
         self.audit_seconds = audit_seconds
@@ -128,7 +137,10 @@ class Simulator:
 
     def progress(self, task_id: str, media_base: str | None = None) -> dict[str, Any]:
         """The Payload getprogress answers with."""
-        return self.task(task_id).payload(media_base or self.media_base)
+        signed_as = str(next(self._reads)) if self.resign_urls else ""
+        return self.task(task_id).payload(
+            media_base or self.media_base, train_record=self.train_record, signed_as=signed_as
+        )
 
     def advance(self, task_id: str) -> SimTask:
         """End the task's current phase now."""

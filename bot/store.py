@@ -9,7 +9,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
@@ -103,13 +103,21 @@ class TaskRecord(BaseModel):
     slack_ts: str | None = None
     slack_permalink: str | None = None
     posting_since: float | None = None  # a parent post began then and was not recorded (yet)
+    # The snapshot exactly as stored, for the compare-and-set: one written by an earlier
+    # version may lack a field this version's Snapshot has (and so dumps differently).
+    stored_snapshot: str = Field(default="", exclude=True, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
         if "snapshot" in data:
+            data["stored_snapshot"] = data["snapshot"]
             data["snapshot"] = Snapshot.model_validate_json(data["snapshot"])
         return cls.model_validate(data)
+
+
+def _where(snapshot: Snapshot) -> tuple[str, str, str, int]:
+    return (snapshot.status, snapshot.stage, snapshot.stage_status, snapshot.round)
 
 
 # Track a task once. 1: new; 2: an unknown task tracked again (polled again); 0: already known.
@@ -425,9 +433,12 @@ class Store:
         stage_since: float | None = None,
     ) -> bool:
         """Store a new snapshot and append its events, if nobody changed it since `record`."""
-        expected = record.snapshot.model_dump_json() if record.snapshot else ""
+        expected = record.stored_snapshot or (
+            record.snapshot.model_dump_json() if record.snapshot else ""
+        )
         state = TaskState.FINISHED if snapshot.finished else TaskState.ACTIVE
-        changed = record.snapshot != snapshot
+        # History keeps where the task went, not every new signature on a demo link.
+        changed = record.snapshot is None or _where(record.snapshot) != _where(snapshot)
         entry = (
             _history_entry(
                 "progress",

@@ -148,10 +148,31 @@ async def store(redis: Redis) -> Store:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[RunningSimulator]:
+def train_record() -> str:
+    """The reading of TrainRecord the simulator plays; a test runs under both by
+    `@pytest.mark.parametrize("train_record", ["current", "history"])`."""
+    return "current"
+
+
+@pytest.fixture
+def resign_urls() -> bool:
+    """Whether the simulator's demo URLs carry a new query on every read."""
+    return False
+
+
+@pytest.fixture
+async def sim(train_record: str, resign_urls: bool) -> AsyncIterator[RunningSimulator]:
     from bot.simulator import Simulator, start
 
-    running = await start(Simulator(audit_seconds=0, train_seconds=0, deliver_seconds=0))
+    running = await start(
+        Simulator(
+            audit_seconds=0,
+            train_seconds=0,
+            deliver_seconds=0,
+            train_record=train_record,
+            resign_urls=resign_urls,
+        )
+    )
     yield running
     await running.close()
 

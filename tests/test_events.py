@@ -75,14 +75,82 @@ def test_stage_info_is_parsed_from_its_json_string_in_either_shape(shape):
     progress = _progress(json.dumps(shape))
     assert progress.waiting_for_confirmation
     assert progress.demo_urls == ["https://x/r2.mp4"]
-    assert progress.round == 2
+    assert progress.train_records == 2
     assert progress.confirm is not None
     assert progress.confirm.train_record[0].start_time == "2023-11-01 23:00:17"
 
 
 def test_round_never_goes_back_when_stage_info_is_empty():
     progress = Progress.model_validate({"Status": "MAKING", "StageV2": "TRAIN", "StageInfo": ""})
-    assert Snapshot.of(progress, previous_round=2).round == 2
+    previous = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=2)
+    assert Snapshot.of(progress, previous).round == 2
+
+
+# --- rounds under both readings of TrainRecord ----------------------------------------------
+
+
+def _reading(reading: str, round_: int, *, urls: list[str] | None = None) -> Progress:
+    """The task waiting in round `round_` as Tencent would show it under `reading`: TrainRecord
+    lists every round including this one (`current`), or only the earlier ones (`history`)."""
+    listed = round_ if reading == "current" else round_ - 1
+    content = {
+        "TrainResult": urls or [f"https://cos.example/t/{round_}/1.mp4?sign=a{round_}"],
+        "RejectReason": "",
+        "TrainRecord": [{"StartTime": "2026-11-30 12:00:00", "Record": []}] * listed,
+    }
+    return _progress(json.dumps({"CustomerConfirmContent": content}))
+
+
+TRAINING_ANSWER = Progress.model_validate(
+    {"Status": "MAKING", "StageV2": "TRAIN", "StatusV2": "PROCESSING"}
+)
+
+
+def _rounds(*answers: Progress) -> list[int]:
+    """The round the poller gives each answer in turn, and the events between them."""
+    seen: Snapshot | None = None
+    rounds = []
+    for answer in answers:
+        seen = Snapshot.of(answer, seen)
+        rounds.append(seen.round)
+    return rounds
+
+
+@pytest.mark.parametrize("reading", ["current", "history"])
+def test_reject_then_retrain_is_round_two_under_either_reading(reading):
+    assert _rounds(_reading(reading, 1), TRAINING_ANSWER, _reading(reading, 2)) == [1, 1, 2]
+
+
+@pytest.mark.parametrize("reading", ["current", "history"])
+def test_a_retrain_quicker_than_a_poll_is_a_new_round_under_either_reading(reading):
+    first, second = _reading(reading, 1), _reading(reading, 2)
+    assert _rounds(first, second) == [1, 2]
+    before, after = Snapshot.of(first), Snapshot.of(second, Snapshot.of(first))
+    assert transitions(before, after) == [EventType.ROUND_CHANGED]
+
+
+@pytest.mark.parametrize("reading", ["current", "history"])
+def test_the_same_demo_read_again_is_the_same_round(reading):
+    """Links signed afresh on each read (another query) still name the same videos."""
+    again = _reading(reading, 1, urls=["https://cos.example/t/1/1.mp4?sign=other"])
+    assert _rounds(_reading(reading, 1), _reading(reading, 1), again) == [1, 1, 1]
+
+
+def test_new_videos_at_the_same_paths_are_a_new_round_when_train_record_grows():
+    """Under the history reading with videos overwritten in place: TrainRecord still grows."""
+    urls = ["https://cos.example/t/demo.mp4"]
+    assert _rounds(_reading("history", 1, urls=urls), _reading("history", 2, urls=urls)) == [1, 2]
+
+
+def test_a_snapshot_stored_by_an_earlier_version_starts_no_round():
+    """Stored before train_records was kept: its absence is not a TrainRecord that grew."""
+    old = Snapshot.of(_reading("current", 2)).model_copy(update={"train_records": None})
+    assert Snapshot.of(_reading("current", 2), old).round == 2
+
+
+def test_train_record_only_raises_the_count():
+    """First seen in round 3 under the current reading; later answers never go below it."""
+    assert _rounds(_reading("current", 3), TRAINING_ANSWER, _reading("history", 2)) == [3, 3, 4]
 
 
 def test_garbage_stage_info_is_a_validation_error():

@@ -24,8 +24,15 @@ SLOW = 3600.0  # phases that only end when a test advances them
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[RunningSimulator]:
-    running = await start(Simulator(audit_seconds=SLOW, train_seconds=SLOW, deliver_seconds=SLOW))
+async def sim(train_record: str) -> AsyncIterator[RunningSimulator]:
+    running = await start(
+        Simulator(
+            audit_seconds=SLOW,
+            train_seconds=SLOW,
+            deliver_seconds=SLOW,
+            train_record=train_record,
+        )
+    )
     yield running
     await running.close()
 
@@ -85,6 +92,7 @@ async def until_polled(sim: RunningSimulator, task_id: str, times: int = 1) -> N
     await wait_for(polled)
 
 
+@pytest.mark.parametrize("train_record", ["current", "history"])
 async def test_two_rounds_then_success(store: Store, sim: RunningSimulator):
     task = sim.sim.create_task()
     await store.track(task.task_id, channel=None, title=None, tracked_by="cli")

@@ -436,7 +436,7 @@ def check_progress(progress: Progress, previous: Snapshot | None) -> None:
     snapshot = Snapshot.of(progress)
     assert isinstance(snapshot, Snapshot)
     Snapshot.model_validate_json(snapshot.model_dump_json())  # what the store writes and reads
-    after = Snapshot.of(progress, previous_round=previous.round if previous else 0)
+    after = Snapshot.of(progress, previous)
     assert after.round >= (previous.round if previous else 0)
     transitions(previous, after)
     transitions(None, snapshot)

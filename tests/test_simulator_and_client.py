@@ -346,7 +346,7 @@ async def test_progress_is_retried_after_a_broken_answer(
     task_id = waiting_task(sim)
     await inject(sim, action="getprogress", task_id=task_id, kind=kind, seconds=5)
     progress = await ivh.get_progress(task_id)
-    assert progress.round == 1
+    assert progress.train_records == 1
     first, second = seen(sim, "getprogress")
     assert first["http_status"] == (500 if kind == "http500" else 200)
     assert second["code"] == 0
@@ -390,7 +390,7 @@ async def test_a_confirmation_that_times_out_is_unknown_but_took_effect(
     assert caught.value.outcome_unknown
     assert len(seen(sim, "customerconfirm")) == 1
     progress = await ivh.get_progress(task_id)  # re-read instead of sending it again
-    assert progress.round == 2
+    assert progress.train_records == 2
 
 
 async def test_a_lost_confirmation_leaves_the_task_waiting(
@@ -402,7 +402,7 @@ async def test_a_lost_confirmation_leaves_the_task_waiting(
         await ivh.customer_confirm(task_id, "AGREE")
     assert caught.value.outcome_unknown
     progress = await ivh.get_progress(task_id)
-    assert progress.waiting_for_confirmation and progress.round == 1
+    assert progress.waiting_for_confirmation and progress.train_records == 1
 
 
 async def test_a_confirmation_that_cannot_connect_is_known_not_sent() -> None:
@@ -478,13 +478,13 @@ async def test_reject_with_reason_starts_round_two_and_agree_delivers(
         "AUDIT",
         "PROCESSING",
     )
-    assert progress.confirm is None and progress.round == 0
+    assert progress.confirm is None and progress.train_records is None
     assert (await admin(sim, "POST", f"/_sim/tasks/{task_id}/advance")).json()["StageV2"] == "TRAIN"
     assert (await ivh.get_progress(task_id)).stage == "TRAIN"
     sim.sim.advance(task_id)
 
     first = await ivh.get_progress(task_id)
-    assert first.waiting_for_confirmation and first.round == 1
+    assert first.waiting_for_confirmation and first.train_records == 1
     assert first.demo_urls == [f"{sim.url}/media/{task_id}/1/1.mp4"]
     async with httpx.AsyncClient(verify=False) as http:
         video = await http.get(first.demo_urls[0])
@@ -506,7 +506,7 @@ async def test_reject_with_reason_starts_round_two_and_agree_delivers(
     sim.sim.advance(task_id)
 
     second = await ivh.get_progress(task_id)
-    assert second.waiting_for_confirmation and second.round == 2
+    assert second.waiting_for_confirmation and second.train_records == 2
     assert second.demo_urls and set(second.demo_urls).isdisjoint(first.demo_urls)
     assert second.confirm is not None
     assert [entry.record for entry in second.confirm.train_record] == [
@@ -518,7 +518,7 @@ async def test_reject_with_reason_starts_round_two_and_agree_delivers(
     await ivh.customer_confirm(task_id, "AGREE")
     delivering = await ivh.get_progress(task_id)
     assert (delivering.stage, delivering.stage_status) == ("CONFIRM", "PROCESSING")
-    assert not delivering.waiting_for_confirmation and delivering.round == 2
+    assert not delivering.waiting_for_confirmation and delivering.train_records == 2
     sim.sim.advance(task_id)
     done = await ivh.get_progress(task_id)
     assert (done.status, done.stage, done.stage_status) == ("SUCCESS", "END", "SUCCESS")
@@ -666,3 +666,33 @@ async def test_latency_delays_every_api_answer() -> None:
             assert time.monotonic() - began >= 0.08
     finally:
         await running.close()
+
+
+@pytest.mark.parametrize(("reading", "listed"), [("current", [1, 2]), ("history", [0, 1])])
+async def test_the_simulator_plays_either_reading_of_train_record(reading, listed):
+    running = await start(
+        Simulator(audit_seconds=0, train_seconds=0, deliver_seconds=0, train_record=reading)
+    )
+    try:
+        async with client_for(running) as client:
+            task = running.sim.create_task()
+            first = await client.get_progress(task.task_id)
+            running.sim.confirm(task.task_id, "REJECT", "again")
+            second = await client.get_progress(task.task_id)
+    finally:
+        await running.close()
+    assert [first.train_records, second.train_records] == listed
+    assert first.demo_urls != second.demo_urls
+
+
+async def test_the_simulator_can_sign_demo_links_afresh_on_every_read():
+    running = await start(Simulator(audit_seconds=0, train_seconds=0, resign_urls=True))
+    try:
+        async with client_for(running) as client:
+            task = running.sim.create_task()
+            reads = [await client.get_progress(task.task_id) for _ in range(2)]
+    finally:
+        await running.close()
+    first, second = (read.demo_urls for read in reads)
+    assert first != second
+    assert [u.split("?")[0] for u in first] == [u.split("?")[0] for u in second]

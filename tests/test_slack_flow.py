@@ -78,6 +78,10 @@ async def _modal_metadata(bot: Bot) -> str:
     return view["private_metadata"]
 
 
+BOTH_READINGS = pytest.mark.parametrize("train_record", ["current", "history"])
+
+
+@BOTH_READINGS  # retraining takes no time here: quicker than a poll
 async def test_reject_with_reason_starts_round_two_in_the_same_thread(bot: Bot):
     task = bot.sim.sim.create_task()
     await bot.track(task.task_id)
@@ -178,6 +182,7 @@ async def _count(bot: Bot, user: str, words: str, n: int) -> bool:
     return sum(1 for e in bot.fake.ephemeral if words in (e.text or "")) >= n
 
 
+@BOTH_READINGS
 async def test_decided_in_the_console_is_shown_and_buttons_go(bot: Bot):
     bot.sim.sim.deliver_seconds = 3600
     task = bot.sim.sim.create_task()
@@ -199,6 +204,49 @@ async def test_decided_in_the_console_is_shown_and_buttons_go(bot: Bot):
 
 async def _thread_says(bot: Bot, record, words: str) -> bool:
     return words in texts(bot.thread(record))
+
+
+@BOTH_READINGS
+async def test_rejected_in_the_console_round_two_comes_with_buttons(bot: Bot):
+    """A REJECT from the console, retrained before the next poll: round 1 shows as decided
+    outside Slack, round 2 gets its own buttons, and approving it delivers."""
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    round_one = button_values(bot.parent(record))
+    bot.sim.sim.confirm(task.task_id, "REJECT", "redo the lighting")
+
+    async def round_two_buttons() -> bool:
+        approve = button_values(bot.parent(await bot.record(task.task_id))).get("approve")
+        return bool(approve) and messages.parse_button_value(approve)[1] == 2
+
+    await bot.until(round_two_buttons)
+    await bot.until(lambda: _thread_says(bot, record, "outside Slack"))
+    await bot.click("approve", round_one["approve"], user="U0BOB")  # the old round's button
+    await bot.until(lambda: _ephemeral_to(bot, "U0BOB", "round 1"))
+    round_two = button_values(bot.parent(await bot.record(task.task_id)))
+    await bot.click("approve", round_two["approve"])
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    assert [r["operate"] for r in await sim_operations(bot, task.task_id)] == ["AGREE"]
+
+
+@pytest.mark.parametrize("resign_urls", [True])
+async def test_demo_links_signed_afresh_on_every_read_stay_one_round(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+
+    async def read_often() -> bool:
+        reads = [r for r in bot.sim.sim.requests if r.get("task_id") == task.task_id]
+        return len(reads) >= 10
+
+    await bot.until(read_often)
+    await bot.until(bot.published)
+    assert (await bot.record(task.task_id)).round == 1
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1  # the parent, once
+    assert len([m for m in bot.thread(record) if m.files]) == 1
+    history = await bot.store.history(task.task_id)
+    assert len([h for h in history if h.get("kind") == "progress"]) <= 3  # not one per read
 
 
 async def test_a_failed_confirmation_is_explained_and_a_second_click_works(bot: Bot):
