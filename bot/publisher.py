@@ -21,13 +21,16 @@ from bot.decisions import decision_from
 from bot.events import Event, EventType, operate_that_left
 from bot.slack import Busy, Thread, slack_error, slack_explanation
 from bot.state import Decision, Upload
-from bot.store import Store, TaskRecord
+from bot.store import Claim, Store, TaskRecord
 from bot.video import HostPolicy, VideoError, copy_to_thread
 
 log = logging.getLogger(__name__)
 
 RECLAIM_IDLE_MS = 60_000  # an event unacknowledged this long belongs to a dead publisher
 SETTLE_AFTER = 30.0  # a Slack claim this old while the task moved on: its holder died
+# How long settling a round waits for a decider still at work on it (recording what Tencent
+# took) before leaving the event for later: a recorded decision takes well under a second.
+DECIDER_WAIT = 5.0
 BLOCK_MS = 2_000
 CONCURRENCY = 16  # events handled side by side (of different tasks: a task's go in order)
 PER_CHANNEL = 2  # of them in one channel: Slack takes about a post a second there anyway
@@ -377,7 +380,7 @@ class Publisher:
     async def _settle(self, task_id: str, round_: int, moved_by: str | None, at: float) -> bool:
         """Tencent closed `round_`: make sure it is recorded, shown and told in the thread.
         False while a decider from Slack may still be at work on it (it records and tells)."""
-        claim = await self._store.current_claim(task_id, round_)
+        claim = await self._decider_finished(task_id, round_)
         if claim is not None and time.time() - claim.at < self.settle_after:
             return False  # someone is deciding in Slack: their call may be what moved it
         decision = await self._store.decision(task_id, round_)
@@ -391,6 +394,21 @@ class Publisher:
         except Busy:
             return False  # another process is telling it right now
         return True
+
+    async def _decider_finished(self, task_id: str, round_: int) -> Claim | None:
+        """The round's claim, once a decider at work on it has finished (it records the
+        decision, then gives the claim back): the poller often sees Tencent move on while the
+        decider is still recording. Waits at most DECIDER_WAIT; a claim still held then (or
+        kept on purpose, its call's outcome unknown) is returned as it is."""
+        deadline = time.monotonic() + DECIDER_WAIT
+        pause = 0.02
+        while True:
+            claim = await self._store.current_claim(task_id, round_)
+            fresh = claim is not None and time.time() - claim.at < self.settle_after
+            if not fresh or time.monotonic() >= deadline:
+                return claim
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _ended(self, entry_id: str, event: Event) -> None:
         record = await self._thread.show(event.task_id)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.events import Event, EventType, operate_that_left
-from bot.store import Claim
+from bot.store import EVENTS_STREAM, PUBLISHERS, Claim
 from tests.harness import Bot
 
 
@@ -92,3 +92,31 @@ async def test_a_slow_upload_is_not_taken_over_by_another_publisher(sim, fake, r
         record = await one.posted(task.task_id)
         assert len([m for m in one.thread(record) if m.files]) == 1
         assert len(fake.calls_to("files.getUploadURLExternal")) == 1
+
+
+async def test_a_round_settled_while_its_decider_records_is_acknowledged_at_once(bot: Bot):
+    """The poller sees Tencent move on while the decider is still recording the decision
+    (here its message rebuild is held at Slack). The publisher waits for the decider instead
+    of leaving the event for EVENT_RECLAIM_SECONDS (a minute)."""
+    task = bot.sim.sim.create_task(deliver_seconds=3600)
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    value = json.dumps({"task": task.task_id, "round": 1}, separators=(",", ":"))
+    bot.fake.hold("chat.update")
+    await bot.click("approve", value)
+    await bot.fake.wait_for("chat.update")  # the decider: Tencent took it; recording now
+
+    async def left_event_taken() -> bool:
+        redis = bot.store.redis
+        last = (await redis.xinfo_stream(EVENTS_STREAM))["last-generated-id"]
+        pending = await redis.xpending_range(EVENTS_STREAM, PUBLISHERS, "-", "+", 10)
+        return any(p["message_id"] == last for p in pending) and (
+            (await bot.record(task.task_id)).snapshot.stage_status == "PROCESSING"  # type: ignore[union-attr]
+        )
+
+    await bot.until(left_event_taken)  # a publisher is settling the round it left
+    bot.fake.release("chat.update")
+    await bot.until(bot.published, within=10)  # not after a minute
+    decision = await bot.store.decision(task.task_id, 1)
+    assert decision is not None and decision.user == "U0ALICE"
+    assert len([m for m in bot.thread(record) if "approved" in m.text]) == 1
