@@ -24,6 +24,7 @@ from bot.approvers import Approvers
 from bot.config import Settings, SettingsError
 from bot.decisions import Decider
 from bot.embedded import start_embedded
+from bot.hosts import HostPolicy
 from bot.ivh import IvhClient
 from bot.poller import Poller
 from bot.publisher import Publisher
@@ -32,7 +33,6 @@ from bot.schedule import Schedule
 from bot.simulator import Simulator, start
 from bot.slack import ChannelPace, Thread, make_client
 from bot.store import Store, rate_key
-from bot.video import HostPolicy
 from bot.web import add_slack_route, make_web_app
 from handlers.handoff import Handoff
 

@@ -15,8 +15,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.intake import check_channel
-from bot.video import HostPolicy
+from bot.hosts import HostPolicy
+from bot.model import check_channel
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"

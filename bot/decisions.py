@@ -7,21 +7,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from bot import messages
 from bot.approvers import Approvers
-from bot.events import Snapshot
-from bot.ivh import REASON_MAX, IvhClient, IvhError
+from bot.events import snapshot_of
+from bot.ivh import IvhClient, IvhError
+from bot.model import REASON_MAX, Claim, Decision, Operate, Phase, Snapshot, TaskRecord, TaskView
 from bot.slack import Busy, Thread
-from bot.state import Decision, Phase, TaskView
-from bot.store import Claim, Store, TaskRecord
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = 120.0  # longer than a confirmation call can take; a dead claimer's claim expires
 Notify = Callable[[str], Awaitable[None]]
-Operate = Literal["AGREE", "REJECT"]
 
 
 def clean_reason(text: str) -> str:
@@ -164,7 +162,7 @@ class Decider:
                     keep_claim=True,
                 )
             progress = None
-        now = Snapshot.of(progress, seen) if progress is not None else None
+        now = snapshot_of(progress, seen) if progress is not None else None
         # Still waiting in this round: not moved on, and not already waiting in the next one.
         still_waiting = now is None or (now.waiting and now.round <= round_)
         if not still_waiting and error.outcome_unknown:

@@ -2,60 +2,22 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict
-
-from bot.ivh import Progress, awaiting_confirmation
+from bot.model import Event, EventType, Progress, Snapshot
 
 
-class EventType(StrEnum):
-    AWAITING_CONFIRMATION = "awaiting_confirmation"
-    ROUND_CHANGED = "round_changed"
-    LEFT_CONFIRMATION = "left_confirmation"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UNKNOWN_TASK = "unknown_task"
-
-
-class Snapshot(BaseModel):
-    """The part of a progress answer the bot acts on; equal snapshots mean nothing changed."""
-
-    model_config = ConfigDict(frozen=True)
-
-    status: str
-    stage: str = ""
-    stage_status: str = ""
-    round: int = 0
-    demo_urls: tuple[str, ...] = ()
-    train_records: int | None = None  # TrainRecord's length; None: not given (or not kept)
-    reject_reason: str = ""
-    fail_message: str = ""
-    assets: tuple[dict[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, progress: Progress, previous: Snapshot | None = None) -> Snapshot:
-        """The snapshot of `progress`, numbered against the last one seen (`previous`)."""
-        return cls(
-            status=progress.status,
-            stage=progress.stage,
-            stage_status=progress.stage_status,
-            round=round_of(previous, progress),
-            demo_urls=tuple(progress.demo_urls),
-            train_records=progress.train_records,
-            reject_reason=progress.confirm.reject_reason if progress.confirm else "",
-            fail_message=progress.fail_message,
-            assets=tuple(progress.assets),
-        )
-
-    @property
-    def waiting(self) -> bool:
-        return awaiting_confirmation(self.status, self.stage, self.stage_status)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("SUCCESS", "FAIL")
+def snapshot_of(progress: Progress, previous: Snapshot | None = None) -> Snapshot:
+    """The snapshot of `progress`, numbered against the last one seen (`previous`)."""
+    return Snapshot(
+        status=progress.status,
+        stage=progress.stage,
+        stage_status=progress.stage_status,
+        round=round_of(previous, progress),
+        demo_urls=tuple(progress.demo_urls),
+        train_records=progress.train_records,
+        reject_reason=progress.confirm.reject_reason if progress.confirm else "",
+        fail_message=progress.fail_message,
+        assets=tuple(progress.assets),
+    )
 
 
 def demo_identity(urls: tuple[str, ...] | list[str]) -> frozenset[str]:
@@ -86,23 +48,6 @@ def round_of(previous: Snapshot | None, progress: Progress) -> int:
     if grew or changed:
         return max(last + 1, listed)  # retrained between two polls
     return last
-
-
-class Event(BaseModel):
-    """One entry of the events stream."""
-
-    type: EventType
-    task_id: str
-    round: int = 0
-    at: float
-    status: str = ""
-    stage: str = ""
-    stage_status: str = ""
-    demo_urls: list[str] = []
-    reject_reason: str = ""
-    fail_message: str = ""
-    assets: list[dict[str, Any]] = []
-    message: str = ""
 
 
 def transitions(previous: Snapshot | None, current: Snapshot) -> list[EventType]:

@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import re
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.store import Store, TaskRecord
+from bot.model import TaskRecord, check_channel, check_task_id
 
-TASK_ID_MAX = 128
-# A channel is kept by its id (public C…, private G… or C…, direct message D…): Slack's
-# history look-up after a crash takes only ids, and a name can be renamed.
-_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,39}")
-
-
-def is_channel_id(value: str) -> bool:
-    return _CHANNEL_ID.fullmatch(value) is not None
-
-
-def check_channel(value: str) -> str:
-    """A Slack channel id; ValueError says what to give instead of a name."""
-    if is_channel_id(value):
-        return value
-    if value.startswith("#"):
-        raise ValueError(
-            f"expected a channel id such as C0123ABCD, not the name {value} (Slack looks up a"
-            " channel's history by id; the channel's details in Slack end with it)"
-        )
-    raise ValueError("expected a Slack channel id such as C0123ABCD")
-
-
-def check_task_id(value: str) -> str:
-    """Task ids are opaque strings: 1-128 printable characters, no spaces."""
-    if not value:
-        raise ValueError("task_id must not be empty")
-    if len(value) > TASK_ID_MAX:
-        raise ValueError(f"task_id must be at most {TASK_ID_MAX} characters")
-    if not value.isprintable() or any(ch.isspace() for ch in value):
-        raise ValueError("task_id must be printable characters without spaces")
-    return value
+if TYPE_CHECKING:  # the store is passed in; settings validate channels without loading Redis
+    from bot.store import Store
 
 
 class TrackRequest(BaseModel):

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import random
 import time
@@ -14,12 +13,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from bot.circuit import Circuit
+from bot.model import REASON_MAX, Operate, Progress, strict_json
 from bot.redact import redact
 from bot.transport import AiohttpTransport
 
@@ -34,7 +34,6 @@ CODE_UNAUTHORIZED = 100005
 CODE_TOO_FREQUENT = 100012
 CODE_NOT_FOUND = 110006
 TRANSIENT_CODES = frozenset({CODE_INTERNAL, CODE_TOO_FREQUENT})
-REASON_MAX = 300
 
 _HINTS = {
     CODE_UNAUTHORIZED: (
@@ -43,14 +42,6 @@ _HINTS = {
     ),
     CODE_NOT_FOUND: "IVH does not know this task id",
 }
-
-Operate = Literal["AGREE", "REJECT"]
-
-
-def awaiting_confirmation(status: str, stage: str, stage_status: str) -> bool:
-    """The one state in which customerconfirm may be called."""
-    return status == "MAKING" and stage == "CONFIRM" and stage_status == "WAIT_PROCESS"
-
 
 # --- signing -------------------------------------------------------------------------------
 
@@ -108,77 +99,6 @@ def error_for_code(code: int, message: str, request_id: str) -> IvhError:
     # Negative codes are the gateway's internal errors: as transient as 100000.
     transient = code in TRANSIENT_CODES or code < 0
     return IvhError(code, text, request_id, transient=transient)
-
-
-# --- response models -----------------------------------------------------------------------
-
-
-class TrainRound(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    start_time: str = Field(default="", alias="StartTime")
-    record: list[str] = Field(default_factory=list, alias="Record")
-
-
-class ConfirmContent(BaseModel):
-    """StageInfo at CONFIRM: the current demo URLs and every round's record."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    train_result: list[str] = Field(default_factory=list, alias="TrainResult")
-    reject_reason: str = Field(default="", alias="RejectReason")
-    train_record: list[TrainRound] = Field(default_factory=list, alias="TrainRecord")
-
-
-class Progress(BaseModel):
-    """The getprogress payload, with StageInfo parsed from its JSON string."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    status: str = Field(alias="Status", min_length=1)
-    fail_message: str = Field(default="", alias="FailMessage")
-    stage: str = Field(default="", alias="StageV2")
-    stage_status: str = Field(default="", alias="StatusV2")
-    confirm: ConfirmContent | None = Field(default=None, alias="StageInfo")
-    assets: list[dict[str, Any]] = Field(default_factory=list, alias="AssetList")
-
-    @field_validator("fail_message", "stage", "stage_status", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: object) -> object:
-        return "" if value is None else value
-
-    @field_validator("assets", mode="before")
-    @classmethod
-    def _no_assets(cls, value: object) -> object:
-        return [] if value is None else value
-
-    @field_validator("confirm", mode="before")
-    @classmethod
-    def _parse_stage_info(cls, value: object) -> object:
-        if value is None or value == "":
-            return None
-        if isinstance(value, str):
-            value = _strict_json(value)  # a ValueError here makes the response malformed
-        if isinstance(value, dict) and "CustomerConfirmContent" in value:
-            # The docs' example is the bare object; the field table names it
-            # CustomerConfirmContent. Accept both shapes.
-            value = value["CustomerConfirmContent"]
-        return value
-
-    @property
-    def waiting_for_confirmation(self) -> bool:
-        return awaiting_confirmation(self.status, self.stage, self.stage_status)
-
-    @property
-    def demo_urls(self) -> list[str]:
-        return list(self.confirm.train_result) if self.confirm else []
-
-    @property
-    def train_records(self) -> int | None:
-        """How many rounds TrainRecord lists; None outside CONFIRM, where it is not given.
-        Whether it counts the round awaiting confirmation is not documented: see
-        `bot.events.round_of`, the one place that reads it."""
-        return len(self.confirm.train_record) if self.confirm is not None else None
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -346,7 +266,7 @@ def _parse(
     response: httpx.Response, request_id: str, *, confirm: bool, clock: Callable[[], float]
 ) -> _Answer:
     try:
-        envelope = _strict_json(response.content)
+        envelope = strict_json(response.content)
         header = envelope["Header"]
         code = int(header["Code"])
         message = str(header.get("Message") or "")
@@ -367,18 +287,6 @@ def _parse(
     if code != 0:
         raise error_for_code(code, message, request_id)
     return _Answer(body, request_id)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json(raw: str | bytes) -> Any:
-    """Parse an answer as strict JSON: no NaN or Infinity, no unpaired surrogates, so that
-    whatever is kept from it can be stored and compared again."""
-    value = json.loads(raw, parse_constant=_refuse_constant)
-    json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: a ValueError
-    return value
 
 
 def _clock_skew(response: httpx.Response, clock: Callable[[], float]) -> float | None:

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot.ivh import REASON_MAX
-from bot.state import Decision, Phase, TaskView
+from bot.model import REASON_MAX, Decision, Phase, TaskView
 
 APPROVE = "approve"
 REJECT = "reject"

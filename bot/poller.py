@@ -13,10 +13,11 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from bot.aio import stop_if_cancelled
-from bot.events import Snapshot, build_events
+from bot.events import build_events, snapshot_of
 from bot.ivh import IvhClient, IvhError
+from bot.model import TaskState
 from bot.schedule import Schedule
-from bot.store import Store, TaskState
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class Poller:
             log.warning("poll %s failed (%d in a row): %s", task_id, failures, error)
             return
         now = self._clock()
-        snapshot = Snapshot.of(progress, record.snapshot)
+        snapshot = snapshot_of(progress, record.snapshot)
         events = build_events(task_id, record.snapshot, snapshot, now)
         same_stage = record.snapshot is not None and (
             (record.snapshot.stage, record.snapshot.status) == (snapshot.stage, snapshot.status)

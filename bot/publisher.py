@@ -18,11 +18,12 @@ from slack_sdk.errors import SlackApiError
 from bot import messages
 from bot.aio import stop_if_cancelled
 from bot.decisions import decision_from
-from bot.events import Event, EventType, operate_that_left
+from bot.events import operate_that_left
+from bot.hosts import HostPolicy
+from bot.model import Claim, Decision, Event, EventType, TaskRecord, Upload
 from bot.slack import Busy, Thread, slack_error, slack_explanation
-from bot.state import Decision, Upload
-from bot.store import Claim, Store, TaskRecord
-from bot.video import HostPolicy, VideoError, copy_to_thread
+from bot.store import Store
+from bot.video import VideoError, copy_to_thread
 
 log = logging.getLogger(__name__)
 

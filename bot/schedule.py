@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.events import Snapshot
+from bot.model import Snapshot
 
 EARLY_STAGES = frozenset({"SUBMIT", "AUDIT", "PROCESS"})
 

@@ -19,10 +19,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
-from bot.intake import is_channel_id
+from bot.model import Decision, TaskRecord, is_channel_id
 from bot.ratelimit import RedisRateLimiter
-from bot.state import Decision
-from bot.store import Store, TaskRecord, rate_key
+from bot.store import Store, rate_key
 
 log = logging.getLogger(__name__)
 

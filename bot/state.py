@@ -2,71 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    from bot.store import TaskRecord
-
-Source = Literal["slack", "elsewhere"]
-
-
-class Phase(StrEnum):
-    TRAINING = "training"  # tracked, no demo to decide on yet
-    PENDING = "pending"  # a demo waits for a decision
-    APPROVED = "approved"
-    REJECTED = "rejected"  # back to training for another round
-    ELSEWHERE = "elsewhere"  # decided outside Slack (the Tencent console)
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class Decision(BaseModel):
-    """What was decided for one round, by whom, when and why."""
-
-    round: int
-    operate: Literal["AGREE", "REJECT"] | None  # None: decided elsewhere, outcome unseen
-    user: str = ""
-    at: float
-    reason: str = ""
-    request_id: str = ""
-    source: Source = "slack"
-
-
-class Upload(BaseModel):
-    """How copying one round's demo videos into the thread went."""
-
-    round: int
-    ok: bool
-    files: int = 0
-    error: str = ""
-
-
-class TaskView(BaseModel):
-    """Everything the message shows; built by `view_of`, rendered by `bot.messages`."""
-
-    task_id: str
-    title: str | None = None
-    tracked_by: str = ""
-    tracked_at: float = 0.0
-    phase: Phase
-    round: int
-    demo_urls: list[str] = []
-    decisions: list[Decision] = []
-    upload: Upload | None = None
-    tencent_reject_reason: str = ""
-    fail_message: str = ""
-    assets: list[dict[str, Any]] = []
-
-    @property
-    def current_decision(self) -> Decision | None:
-        return next((d for d in self.decisions if d.round == self.round), None)
-
-    @property
-    def earlier_rejections(self) -> list[Decision]:
-        return [d for d in self.decisions if d.round < self.round and d.operate == "REJECT"]
+from bot.model import Decision, Phase, TaskRecord, TaskView, Upload
 
 
 def phase_of(record: TaskRecord, decision: Decision | None) -> Phase:

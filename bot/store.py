@@ -6,17 +6,30 @@ import asyncio
 import json
 import time
 import uuid
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
-from bot.events import Event, EventType, Snapshot
-from bot.state import Decision, TaskView, Upload, view_of
+from bot.model import (
+    Claim,
+    Decision,
+    Event,
+    EventType,
+    Snapshot,
+    TaskRecord,
+    TaskState,
+    TaskView,
+    Upload,
+)
+from bot.state import view_of
+
+# What the store raises when Redis does not answer: callers above it (the Slack listeners)
+# name this, not the Redis client's own exception.
+StoreUnavailable = RedisError
 
 PREFIX = "ivh:"
 EVENTS_STREAM = PREFIX + "events"
@@ -68,52 +81,6 @@ def lock_key(name: str) -> str:
 
 PUBLISHERS = "publishers"  # the consumer group on EVENTS_STREAM
 STEPS_TTL = 7 * 24 * 3600
-
-
-class Claim(BaseModel):
-    """Who is deciding a round right now, and what they sent (or are sending) to Tencent."""
-
-    user: str
-    operate: str
-    at: float
-    token: str
-    reason: str = ""
-
-
-class TaskState(StrEnum):
-    ACTIVE = "active"  # polled
-    UNKNOWN = "unknown"  # IVH does not know the id; not polled
-    FINISHED = "finished"  # SUCCESS or FAIL; not polled
-
-
-class TaskRecord(BaseModel):
-    task_id: str
-    channel: str | None = None
-    title: str | None = None
-    tracked_by: str = ""
-    tracked_at: float = 0.0
-    state: TaskState = TaskState.ACTIVE
-    round: int = 0
-    snapshot: Snapshot | None = None
-    polled_at: float | None = None
-    stage_since: float | None = None  # when the poller first saw the current stage
-    error: str = ""
-    failures: int = 0
-    slack_channel: str | None = None
-    slack_ts: str | None = None
-    slack_permalink: str | None = None
-    posting_since: float | None = None  # a parent post began then and was not recorded (yet)
-    # The snapshot exactly as stored, for the compare-and-set: one written by an earlier
-    # version may lack a field this version's Snapshot has (and so dumps differently).
-    stored_snapshot: str = Field(default="", exclude=True, repr=False)
-
-    @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
-        data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
-        if "snapshot" in data:
-            data["stored_snapshot"] = data["snapshot"]
-            data["snapshot"] = Snapshot.model_validate_json(data["snapshot"])
-        return cls.model_validate(data)
 
 
 def _where(snapshot: Snapshot) -> tuple[str, str, str, int]:

@@ -10,29 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.hosts import HostPolicy, is_public_address, normalize_host, parse_ip
+
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Sharing = Callable[[str], Awaitable[None]]  # told a file's id before it is shared
 
-_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _SHOWABLE = re.compile(r"[a-z0-9.:_-]{1,100}")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,60}")
 # The box (atom) types an MP4 (ISO BMFF) or QuickTime file starts with: `ftyp` in every MP4,
 # `moov`, `mdat`, `wide`, `free`, `skip`, `pnot` in older QuickTime files.
@@ -44,145 +41,7 @@ class VideoError(Exception):
     """The video could not be copied; the message says why in words for the thread."""
 
 
-# --- which hosts and addresses -------------------------------------------------------------
-
-
-def _ip(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def normalize_host(host: str) -> str:
-    """Lower case, no trailing dot, no IPv6 brackets, IP addresses in their canonical form."""
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    ip = _ip(host)
-    return str(ip) if ip is not None else host
-
-
-def _valid_name(host: str) -> bool:
-    labels = host.split(".")
-    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
-
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
-_WITH_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
-Entry = tuple[str, int | None]  # a host and its port; None: the scheme's default port only
-
-
-def _split_port(entry: str) -> Entry:
-    """`host:port`, `[v6]:port` or a bare host; an IPv6 address needs brackets to take a port."""
-    if _ip(entry) is not None:
-        return entry, None
-    found = _WITH_PORT.fullmatch(entry)
-    if found is None:
-        return entry, None
-    port = int(found["port"])
-    if not 1 <= port <= 65_535:
-        raise _bad_entry(entry)
-    return found["host"], port
-
-
-def _bad_entry(entry: str) -> ValueError:
-    return ValueError(
-        "expected host names, IP addresses or *.domain patterns, each with an optional"
-        f" :port (1-65535), got {entry!r}"
-    )
-
-
-def _port_matches(listed: int | None, port: int | None, scheme: str) -> bool:
-    """An entry without a port allows the scheme's default port only; one with a port, it."""
-    default = DEFAULT_PORTS.get(scheme)
-    if port is None or port == default:
-        return listed is None or listed == default
-    return listed == port
-
-
-@dataclass(frozen=True)
-class HostPolicy:
-    """Which hosts demo videos may come from: the VIDEO_HOSTS setting.
-
-    An entry is a host name or IP address, matched exactly, or `*.domain`, which matches every
-    name under `domain` but not `domain` itself; either may end in `:port`. Without a port an
-    entry allows the default ports only (80 for http, 443 for https); with one, that port only.
-    Only an exact entry lets a host resolve to a private, loopback or link-local address: a
-    wildcard never opens the internal network.
-    """
-
-    names: frozenset[Entry] = frozenset()
-    domains: frozenset[Entry] = frozenset()
-
-    @classmethod
-    def parse(cls, entries: str | Iterable[str]) -> HostPolicy:
-        """Read a comma-separated string or a list of entries; ValueError names a bad one."""
-        if isinstance(entries, str):
-            entries = entries.split(",")
-        names: set[Entry] = set()
-        domains: set[Entry] = set()
-        for raw in entries:
-            entry = raw.strip()
-            if not entry:
-                continue
-            given, port = _split_port(entry)
-            wildcard = given.startswith("*.")
-            host = normalize_host(given[2:] if wildcard else given)
-            address = _ip(host) is not None
-            if given.startswith("[") and not address:
-                raise _bad_entry(entry)  # brackets hold an IPv6 address, nothing else
-            if wildcard and _valid_name(host) and not address:
-                domains.add((host, port))
-            elif not wildcard and (address or _valid_name(host)):
-                names.add((host, port))
-            else:
-                raise _bad_entry(entry)
-        return cls(frozenset(names), frozenset(domains))
-
-    def allows(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
-        """Whether `scheme://host:port` may be fetched; `port` None is the scheme's default."""
-        if self.explicit(host, port, scheme):
-            return True
-        host = normalize_host(host)
-        if _ip(host) is not None:
-            return False  # an address only ever matches an exact entry
-        return any(
-            host.endswith("." + domain) and _port_matches(listed, port, scheme)
-            for domain, listed in self.domains
-        )
-
-    def explicit(self, host: str, port: int | None = None, scheme: str = "https") -> bool:
-        """Listed by exact name or address: the only way to reach a non-public address."""
-        host = normalize_host(host)
-        return any(
-            name == host and _port_matches(listed, port, scheme) for name, listed in self.names
-        )
-
-    def including(self, host: str, port: int | None = None) -> HostPolicy:
-        """This policy plus one exact entry (the built-in simulator's host and port, say)."""
-        return HostPolicy(self.names | {(normalize_host(host), port)}, self.domains)
-
-
-def is_public_address(address: str) -> bool:
-    """False for private, loopback, link-local, multicast, unspecified and reserved addresses.
-
-    IPv6 forms that embed an IPv4 address (mapped, 6to4, NAT64) are judged by that address too.
-    """
-    ip = _ip(address.split("%", 1)[0])
-    if ip is None:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None and not is_public_address(str(embedded)):
-            return False
-        if ip.is_site_local:
-            return False
-    return ip.is_global and not (
-        ip.is_multicast or ip.is_private or ip.is_reserved or ip.is_loopback or ip.is_link_local
-    )
+# --- which addresses -----------------------------------------------------------------------
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -206,7 +65,7 @@ async def _checked_addresses(url: httpx.URL, hosts: HostPolicy, resolve: Resolve
     if not hosts.allows(name, url.port, url.scheme):
         shown = _shown(name) if url.port is None else f"{_shown(name)} port {url.port}"
         raise VideoError(f"the demo link's host {shown} is not allowed (VIDEO_HOSTS)")
-    literal = _ip(normalize_host(name))
+    literal = parse_ip(normalize_host(name))
     if literal is not None:
         addresses = [str(literal)]
     else:
@@ -238,7 +97,7 @@ def _pinned(http: httpx.AsyncClient, url: httpx.URL, address: str) -> httpx.Requ
     target = httpx.URL(scheme=url.scheme, host=address, port=url.port, raw_path=url.raw_path)
     name = url.raw_host.decode("ascii")
     extensions: dict[str, str] = {}
-    if url.scheme == "https" and _ip(normalize_host(name)) is None:
+    if url.scheme == "https" and parse_ip(normalize_host(name)) is None:
         extensions["sni_hostname"] = name
     headers = {
         "Host": url.netloc.decode("ascii"),

@@ -16,7 +16,8 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.intake import TrackRequest, check_task_id, describe_errors, track_task
+from bot.intake import TrackRequest, describe_errors, track_task
+from bot.model import check_task_id
 from bot.store import Store
 
 log = logging.getLogger(__name__)

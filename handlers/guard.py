@@ -7,9 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from bot import messages
+from bot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def guarded(listener: Listener) -> Listener:
     async def wrapper(**kwargs: Any) -> None:
         try:
             await listener(**kwargs)
-        except RedisError as error:
+        except StoreUnavailable as error:
             log.warning("%s: Redis unavailable: %s", listener.__name__, error)
             await _tell(kwargs)
 

@@ -6,9 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from redis.exceptions import RedisError
-
 from bot.decisions import Notify
+from bot.store import StoreUnavailable
 from handlers.guard import UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class Handoff:
     async def _guarded(self, name: str, work: Awaitable[None], tell: Notify) -> None:
         try:
             await work
-        except RedisError as error:
+        except StoreUnavailable as error:
             log.warning("%s: Redis unavailable: %s", name, error)
             await tell(UNAVAILABLE)
         except Exception:

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from bot.events import EventType, Snapshot, build_events, transitions
+from bot.events import build_events, snapshot_of, transitions
 from bot.ivh import Progress
+from bot.model import EventType, Snapshot
 
 TRAINING = Snapshot(status="MAKING", stage="TRAIN", stage_status="PROCESSING", round=1)
 WAITING_1 = Snapshot(
@@ -83,7 +84,7 @@ def test_stage_info_is_parsed_from_its_json_string_in_either_shape(shape):
 def test_round_never_goes_back_when_stage_info_is_empty():
     progress = Progress.model_validate({"Status": "MAKING", "StageV2": "TRAIN", "StageInfo": ""})
     previous = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=2)
-    assert Snapshot.of(progress, previous).round == 2
+    assert snapshot_of(progress, previous).round == 2
 
 
 # --- rounds under both readings of TrainRecord ----------------------------------------------
@@ -111,7 +112,7 @@ def _rounds(*answers: Progress) -> list[int]:
     seen: Snapshot | None = None
     rounds = []
     for answer in answers:
-        seen = Snapshot.of(answer, seen)
+        seen = snapshot_of(answer, seen)
         rounds.append(seen.round)
     return rounds
 
@@ -125,7 +126,7 @@ def test_reject_then_retrain_is_round_two_under_either_reading(reading):
 def test_a_retrain_quicker_than_a_poll_is_a_new_round_under_either_reading(reading):
     first, second = _reading(reading, 1), _reading(reading, 2)
     assert _rounds(first, second) == [1, 2]
-    before, after = Snapshot.of(first), Snapshot.of(second, Snapshot.of(first))
+    before, after = snapshot_of(first), snapshot_of(second, snapshot_of(first))
     assert transitions(before, after) == [EventType.ROUND_CHANGED]
 
 
@@ -144,8 +145,8 @@ def test_new_videos_at_the_same_paths_are_a_new_round_when_train_record_grows():
 
 def test_a_snapshot_stored_by_an_earlier_version_starts_no_round():
     """Stored before train_records was kept: its absence is not a TrainRecord that grew."""
-    old = Snapshot.of(_reading("current", 2)).model_copy(update={"train_records": None})
-    assert Snapshot.of(_reading("current", 2), old).round == 2
+    old = snapshot_of(_reading("current", 2)).model_copy(update={"train_records": None})
+    assert snapshot_of(_reading("current", 2), old).round == 2
 
 
 def test_train_record_only_raises_the_count():

@@ -13,8 +13,8 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot import messages
-from bot.intake import TASK_ID_MAX
 from bot.ivh import REASON_MAX
+from bot.model import TASK_ID_MAX
 from bot.state import Decision, Phase, TaskView, Upload
 
 # Characters that mean something to Slack's mrkdwn, mentions that would ping, and text that

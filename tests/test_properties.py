@@ -43,8 +43,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from bot.circuit import Circuit
-from bot.events import Snapshot, transitions
+from bot.events import snapshot_of, transitions
 from bot.ivh import ACTION_PATH, IvhClient, IvhError, Progress, RetryPolicy
+from bot.model import Snapshot
 from tests.conftest import serving
 from tests.harness import slack_headers, view_submission
 
@@ -433,10 +434,10 @@ async def progress_or_ivh_error(client: IvhClient, gateway: AnswerServer, answer
 
 
 def check_progress(progress: Progress, previous: Snapshot | None) -> None:
-    snapshot = Snapshot.of(progress)
+    snapshot = snapshot_of(progress)
     assert isinstance(snapshot, Snapshot)
     Snapshot.model_validate_json(snapshot.model_dump_json())  # what the store writes and reads
-    after = Snapshot.of(progress, previous)
+    after = snapshot_of(progress, previous)
     assert after.round >= (previous.round if previous else 0)
     transitions(previous, after)
     transitions(None, snapshot)

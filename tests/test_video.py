@@ -24,12 +24,11 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import DEFAULT_VIDEO_HOSTS, SettingsError, load_settings
+from bot.hosts import HostPolicy, is_public_address
 from bot.video import (
-    HostPolicy,
     VideoError,
     copy_to_thread,
     download,
-    is_public_address,
     looks_like_video,
     resolve_host,
 )
