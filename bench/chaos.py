@@ -47,7 +47,7 @@ import httpx  # noqa: E402
 from bot.sim_state import CUSTOMER_CONFIRM, Fault  # noqa: E402
 from bot.simulator import Simulator  # noqa: E402
 from bot.simulator import start as start_simulator  # noqa: E402
-from bot.store import EVENTS_STREAM, PREFIX, SCHEDULE  # noqa: E402
+from bot.store import EVENTS_STREAM, SCHEDULE, family_pattern  # noqa: E402
 from tests.cluster import INTAKE, Cluster, blocks_text, button_values  # noqa: E402
 from tests.conftest import RedisProcess  # noqa: E402
 from tests.fake_slack import FakeSlack, Message, fake_slack  # noqa: E402
@@ -633,7 +633,7 @@ class Chaos:
                     )
             self._compare(story, records[story.task_id], sim_task, problems)
 
-        claims = [key async for key in redis.scan_iter(match=f"{PREFIX}claim:*")]
+        claims = [key async for key in redis.scan_iter(match=family_pattern("claim"))]
         for key in claims:
             ttl = await redis.pttl(key)
             if ttl < 0:

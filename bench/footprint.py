@@ -39,10 +39,18 @@ from common import (
     wait_until,
 )
 
-from bot.store import EVENTS_MAXLEN, EVENTS_STREAM, SCHEDULE, history_key, task_key
+from bot.store import (
+    EVENTS_MAXLEN,
+    EVENTS_STREAM,
+    IVH_RATE,
+    SCHEDULE,
+    family_pattern,
+    history_key,
+    task_key,
+)
 
 FAMILIES = ("task", "history", "decisions", "uploads", "demos", "claim", "steps")
-SINGLES = {"schedule": SCHEDULE, "events": EVENTS_STREAM, "rate": "ivh:rate:ivh"}
+SINGLES = {"schedule": SCHEDULE, "events": EVENTS_STREAM, "rate": IVH_RATE}
 
 
 @dataclass
@@ -74,7 +82,7 @@ async def usage(the_lab: Lab, keys: list[str]) -> int:
 
 
 async def keys_of(the_lab: Lab, family: str) -> list[str]:
-    found = [k async for k in the_lab.redis.scan_iter(match=f"ivh:{family}:*", count=1000)]
+    found = [k async for k in the_lab.redis.scan_iter(match=family_pattern(family), count=1000)]
     return [k.decode() if isinstance(k, bytes) else k for k in found]
 
 
@@ -283,7 +291,7 @@ async def approve_all(the_lab: Lab, ids: list[str]) -> None:
     ttls = []
     for family in FAMILIES:
         for key in await keys_of(the_lab, family):
-            if key.startswith(("ivh:claim:", "ivh:steps:")):
+            if key.startswith((family_pattern("claim")[:-1], family_pattern("steps")[:-1])):
                 continue
             ttls.append(int(await the_lab.redis.ttl(key)))
     forever = sum(1 for t in ttls if t == -1)

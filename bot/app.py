@@ -32,7 +32,7 @@ from bot.ratelimit import RedisRateLimiter
 from bot.schedule import Schedule
 from bot.simulator import Simulator, start
 from bot.slack import ChannelPace, Thread, make_client
-from bot.store import Store, rate_key
+from bot.store import IVH_RATE, Store
 from bot.web import add_slack_route, make_web_app
 from handlers.handoff import Handoff
 
@@ -118,7 +118,7 @@ class Runtime:
         )
         redis = Redis(connection_pool=pool)
         store = Store(redis)
-        limiter = RedisRateLimiter(redis, rate_key("ivh"), settings.IVH_MAX_QPS)
+        limiter = RedisRateLimiter(redis, IVH_RATE, settings.IVH_MAX_QPS)
         ivh = IvhClient(
             up.ivh_base_url,
             up.ivh_appkey,

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from bot.store import limiter_keys
+
 # Shared by both scripts: Redis's clock, and the grant. A send is granted unless `limit`
 # sends were granted within the last `window` microseconds (`sent` lists the latest grant
 # times, newest first); a background caller also names the priority slots, and is refused
@@ -88,9 +90,10 @@ class RedisRateLimiter:
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self._slots = [key]
-        self._priority_slots = [f"{key}:priority"]
-        self._grants = [f"{key}:sent"]
+        keys = limiter_keys(key)
+        self._slots = [keys.slots]
+        self._priority_slots = [keys.priority_slots]
+        self._grants = [keys.grants]
         self._grants_after_priority = [*self._grants, *self._priority_slots]
         self._interval_us = max(1, round(1_000_000 * (1 + JITTER + SLACK) / rate))
         limit = max(1, int(rate))  # grants per window; the window is a second for whole rates

@@ -21,7 +21,7 @@ from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 from bot import messages
 from bot.model import Decision, TaskRecord, is_channel_id
 from bot.ratelimit import RedisRateLimiter
-from bot.store import Store, rate_key
+from bot.store import Store, parent_lock, post_rate_key, reply_lock
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ChannelPace:
     async def wait(self, channel: str) -> None:
         limiter = self._limiters.get(channel)
         if limiter is None:
-            key = rate_key(f"post:{channel}")
+            key = post_rate_key(channel)
             limiter = self._limiters[channel] = RedisRateLimiter(self._redis, key, self._rate)
         await limiter.acquire()
 
@@ -125,7 +125,7 @@ class Thread:
         if channel is None:
             log.error("task %s: no channel (set SLACK_CHANNEL or track with a channel)", task_id)
             return None
-        async with self._exclusive(f"parent:{task_id}", "its message is being posted"):
+        async with self._exclusive(parent_lock(task_id), "its message is being posted"):
             loaded = await self.store.view(task_id)
             if loaded is None or loaded[0].slack_ts:
                 return loaded[0] if loaded else None
@@ -264,7 +264,7 @@ class Thread:
         """Reply in the thread with the round's recorded decision, unless that was done."""
         if await self.store.decision_replied(task_id, round_):
             return
-        async with self._exclusive(f"reply:{task_id}:{round_}", "its decision is being told"):
+        async with self._exclusive(reply_lock(task_id, round_), "its decision is being told"):
             record = await self.store.get(task_id)
             decision = await self.store.decision(task_id, round_)
             if record is None or decision is None or not record.slack_ts:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -48,7 +48,26 @@ def history_key(task_id: str) -> str:
 
 
 def rate_key(name: str) -> str:
-    return f"{PREFIX}rate:{name}"
+    return f"{PREFIX}rate:{name}"  # sorted set: a rate limiter's reserved slots
+
+
+IVH_RATE = rate_key("ivh")  # the IVH request budget, shared by every replica
+
+
+def post_rate_key(channel: str) -> str:
+    return rate_key(f"post:{channel}")  # the pace of posts into one Slack channel
+
+
+class LimiterKeys(NamedTuple):
+    """The keys of one rate limiter named by `rate_key`."""
+
+    slots: str  # sorted set: reserved slots of background callers
+    priority_slots: str  # sorted set: reserved slots of priority callers
+    grants: str  # list: when the last sends were granted
+
+
+def limiter_keys(key: str) -> LimiterKeys:
+    return LimiterKeys(key, f"{key}:priority", f"{key}:sent")
 
 
 def decisions_key(task_id: str) -> str:
@@ -77,6 +96,19 @@ def replies_key(task_id: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"{PREFIX}lock:{name}"  # one process at a time does this Slack step
+
+
+def parent_lock(task_id: str) -> str:
+    return f"parent:{task_id}"  # the lock name for posting a task's message
+
+
+def reply_lock(task_id: str, round_: int) -> str:
+    return f"reply:{task_id}:{round_}"  # the lock name for telling a round's decision
+
+
+def family_pattern(family: str) -> str:
+    """A SCAN pattern for every key of one family ("claim", "task", ...): tests and benches."""
+    return f"{PREFIX}{family}:*"
 
 
 PUBLISHERS = "publishers"  # the consumer group on EVENTS_STREAM

@@ -17,7 +17,7 @@ from bot.ratelimit import RedisRateLimiter
 from bot.schedule import Schedule
 from bot.sim_state import Fault
 from bot.simulator import RunningSimulator, Simulator, start
-from bot.store import Store, TaskState, rate_key
+from bot.store import IVH_RATE, Store, TaskState
 from tests.conftest import wait_for
 
 SLOW = 3600.0  # phases that only end when a test advances them
@@ -38,7 +38,7 @@ async def sim(train_record: str) -> AsyncIterator[RunningSimulator]:
 
 
 def ivh_client(sim: RunningSimulator, store: Store | None = None, qps: float = 0) -> IvhClient:
-    limiter = RedisRateLimiter(store.redis, rate_key("ivh"), qps) if store and qps else None
+    limiter = RedisRateLimiter(store.redis, IVH_RATE, qps) if store and qps else None
     return IvhClient(
         sim.url,
         sim.sim.appkey,

@@ -46,6 +46,7 @@ from bot.circuit import Circuit
 from bot.events import snapshot_of, transitions
 from bot.ivh import ACTION_PATH, IvhClient, IvhError, Progress, RetryPolicy
 from bot.model import Snapshot
+from bot.store import family_pattern
 from tests.conftest import serving
 from tests.harness import slack_headers, view_submission
 
@@ -879,7 +880,7 @@ async def check_click(approvals: Approvals, click: Click, serial: int) -> None:
     assert approvals.crashes.take() == []
     assert approvals.confirms() == []
     assert await bot.store.decision(approvals.task_id, round_) is None
-    assert await bot.store.redis.keys("ivh:claim:*") == []
+    assert await bot.store.redis.keys(family_pattern("claim")) == []
 
 
 def clicks(
@@ -1182,7 +1183,7 @@ class Traces:
 async def traces(approvals: Approvals) -> Traces:
     bot = approvals.bot
     keys: list[bytes] = []
-    for pattern in ("ivh:task:*", "ivh:decisions:*", "ivh:claim:*"):
+    for pattern in map(family_pattern, ("task", "decisions", "claim")):
         keys += await bot.store.redis.keys(pattern)
     confirms = len(approvals.confirms())
     calls = [call for call in bot.fake.calls if call.method in ANSWERS_TO_USERS]

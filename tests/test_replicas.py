@@ -25,7 +25,7 @@ import pytest
 
 from bot.sim_state import Fault
 from bot.simulator import RunningSimulator
-from bot.store import EVENTS_STREAM, claim_key, lock_key
+from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values, until
 from tests.conftest import RedisProcess
@@ -361,7 +361,7 @@ async def test_a_message_posted_by_a_process_killed_before_recording_it_is_used(
     [(consumer, _)] = (await c.pending_consumers()).items()
     c.replica_of_consumer(consumer).kill()
     c.fake.release("chat.postMessage")
-    await c.redis.delete(lock_key(f"parent:{task.task_id}"))  # stands in for its 2-min expiry
+    await c.redis.delete(lock_key(parent_lock(task.task_id)))  # stands in for its 2-min expiry
     await c.expire_dead_leases()
 
     await c.wait_finished(task.task_id, "another replica finished the task's message")

@@ -5,7 +5,7 @@ import time
 
 from bot.events import Snapshot, build_events
 from bot.ratelimit import JITTER, SLACK, RedisRateLimiter
-from bot.store import EVENTS_STREAM, Claim, Store, TaskState, rate_key
+from bot.store import EVENTS_STREAM, Claim, Store, TaskState, limiter_keys, rate_key
 from tests.conftest import wait_for
 
 WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
@@ -75,7 +75,7 @@ async def test_rate_limiter_spaces_requests_across_clients(redis):
     # longer than a slot, and a caller reserving after its slot had passed waited for none.
     await asyncio.gather(*(redis.ping() for _ in range(callers)))
     await limiters[0].acquire()
-    await redis.delete(rate_key("test"), f"{rate_key('test')}:sent")
+    await redis.delete(*limiter_keys(rate_key("test")))
     started = time.monotonic()
     await asyncio.gather(*(limiters[i % 3].acquire() for i in range(callers)))
     took = time.monotonic() - started
@@ -244,7 +244,9 @@ async def test_a_caller_woken_late_takes_the_next_slot_instead_of_sending(redis)
     late = RedisRateLimiter(redis, rate_key("test"), 10.0, clock=lambda: now, sleep=sleep)
     await late.acquire()
     assert len(slept) == 2 and slept[1] > slept[0]  # gave its slot up, went on the next one
-    assert await redis.llen(rate_key("test") + ":sent") == 2  # and asked no grant for the first
+    assert (
+        await redis.llen(limiter_keys(rate_key("test")).grants) == 2
+    )  # and asked no grant for the first
 
 
 async def test_connections_are_opened_ahead_of_a_burst(store: Store):
@@ -281,4 +283,4 @@ async def test_an_idle_caller_is_granted_in_one_round_trip(redis):
     before = await scripts_run()
     await limiter.acquire()
     assert await scripts_run() - before == 1
-    assert await redis.llen(rate_key("test") + ":sent") == 1  # and the grant is recorded
+    assert await redis.llen(limiter_keys(rate_key("test")).grants) == 1  # and the grant is recorded
