@@ -136,7 +136,7 @@ async def main(o: Options) -> None:
                 return False
             for task_id in ids + solo:
                 loaded = await the_lab.store.view(task_id)
-                if loaded is None or not loaded[0].slack_ts or loaded[1].upload is None:
+                if loaded is None or not loaded.record.slack_ts or loaded.view.upload is None:
                     return False
             return True
 

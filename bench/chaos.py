@@ -578,8 +578,8 @@ class Chaos:
         records: dict[str, Any] = {}
         for story in self.stories:
             loaded = await store.view(story.task_id)
-            records[story.task_id] = loaded[0] if loaded else None
-            stored[story.task_id] = {d.round: d for d in (loaded[1].decisions if loaded else [])}
+            records[story.task_id] = loaded.record if loaded else None
+            stored[story.task_id] = {d.round: d for d in (loaded.view.decisions if loaded else [])}
 
         left = {
             (event.task_id, event.round)

@@ -12,7 +12,7 @@ from bot import messages
 from bot.approvers import Approvers
 from bot.events import snapshot_of
 from bot.ivh import IvhClient, IvhError
-from bot.model import REASON_MAX, Claim, Decision, Operate, Phase, Snapshot, TaskRecord, TaskView
+from bot.model import REASON_MAX, Claim, Decision, Loaded, Operate, Phase, Snapshot
 from bot.slack import Busy, Thread
 from bot.store import Store
 
@@ -38,7 +38,7 @@ def reason_problem(text: str) -> str | None:
     return None
 
 
-def round_refusal(loaded: tuple[TaskRecord, TaskView] | None, round_: int) -> str | None:
+def round_refusal(loaded: Loaded | None, round_: int) -> str | None:
     """Why nobody can decide `round_` of the task as loaded, or None."""
     if loaded is None:
         return "I don't track this task (any more)."
@@ -109,7 +109,7 @@ class Decider:
             await notify(refusal)
             return
         outcome = _Outcome(keep_claim=False)
-        seen = loaded[0].snapshot if loaded is not None else None
+        seen = loaded.record.snapshot if loaded is not None else None
         try:
             outcome = await self._send(task_id, round_, claim, seen)
         finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -302,3 +302,10 @@ class TaskRecord(BaseModel):
             data["stored_snapshot"] = data["snapshot"]
             data["snapshot"] = Snapshot.model_validate_json(data["snapshot"])
         return cls.model_validate(data)
+
+
+class Loaded(NamedTuple):
+    """A task as read in one round trip: its record and what its message shows."""
+
+    record: TaskRecord
+    view: TaskView

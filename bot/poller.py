@@ -110,7 +110,7 @@ class Poller:
 
     async def _start_due(self) -> None:
         free = self._concurrency - len(self._inflight)
-        for task_id in await self._store.claim_due(self._clock(), free, self._lease):
+        for task_id in await self._store.lease_due(self._clock(), free, self._lease):
             task = asyncio.create_task(self.poll(task_id), name=f"poll {task_id}")
             self._inflight[task_id] = task
             task.add_done_callback(functools.partial(self._done, task_id))

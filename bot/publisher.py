@@ -197,7 +197,7 @@ class Publisher:
     ) -> None:
         # Claimed while it waits too: a slow predecessor must not let another publisher
         # take this event and handle it out of order.
-        heartbeat = asyncio.create_task(self._keep_claimed(entry_id))
+        heartbeat = asyncio.create_task(self._keep_owned(entry_id))
         try:
             if before is not None:
                 await asyncio.wait([before])
@@ -233,11 +233,11 @@ class Publisher:
             return
         await self._process(entry_id, event)
 
-    async def _keep_claimed(self, entry_id: str) -> None:
+    async def _keep_owned(self, entry_id: str) -> None:
         while True:
             await asyncio.sleep(self.reclaim_idle_ms / 3000)
             try:
-                if not await self._store.keep_claimed(entry_id, self._consumer):
+                if not await self._store.keep_owned(entry_id, self._consumer):
                     log.warning("event %s: taken over by another publisher", entry_id)
                     return
             except RedisError as error:
@@ -287,7 +287,7 @@ class Publisher:
             case EventType.UNKNOWN_TASK:
                 await self._unknown(entry_id, event)
 
-    async def _step(self, entry_id: str, step: str) -> bool:
+    async def _to_do(self, entry_id: str, step: str) -> bool:
         """True when `step` of this event still has to be done."""
         return await self._store.step_done(entry_id, step) is None
 
@@ -306,12 +306,12 @@ class Publisher:
         record = await self._thread.show(event.task_id)
         if record is None or record.slack_ts is None:
             return
-        if event.round > 1 and await self._step(entry_id, "round"):
+        if event.round > 1 and await self._to_do(entry_id, "round"):
             loaded = await self._store.view(event.task_id)
             assert loaded is not None
-            await self._thread.reply(record, messages.round_reply(loaded[1]), broadcast=True)
+            await self._thread.reply(record, messages.round_reply(loaded.view), broadcast=True)
             await self._store.mark_step(entry_id, "round")
-        if await self._step(entry_id, "upload"):
+        if await self._to_do(entry_id, "upload"):
             await self._copy_videos(entry_id, event)
             await self._store.mark_step(entry_id, "upload")
             await self._thread.refresh(event.task_id)
@@ -328,7 +328,7 @@ class Publisher:
         error = "" if total else "Tencent gave no demo link"
         for index, url in enumerate(event.demo_urls, 1):
             step = f"video:{index}"
-            if not await self._step(entry_id, step) or await self._shared_before(
+            if not await self._to_do(entry_id, step) or await self._shared_before(
                 entry_id, step, record
             ):
                 copied += 1
@@ -416,8 +416,8 @@ class Publisher:
         if record is None or record.slack_ts is None:
             return
         loaded = await self._store.view(event.task_id)
-        if loaded is not None and await self._step(entry_id, "reply"):
-            await self._thread.reply(record, messages.ending_reply(loaded[1]), broadcast=False)
+        if loaded is not None and await self._to_do(entry_id, "reply"):
+            await self._thread.reply(record, messages.ending_reply(loaded.view), broadcast=False)
             await self._store.mark_step(entry_id, "reply")
         await self._store.retire(event.task_id)
 
@@ -426,7 +426,7 @@ class Publisher:
         if record is None:
             return
         channel = self._thread.channel_for(record)
-        if channel is None or not await self._step(entry_id, "notice"):
+        if channel is None or not await self._to_do(entry_id, "notice"):
             return
         notice = messages.unknown_task_notice(record.task_id, record.tracked_by, event.message)
         await self._thread.post(channel, **notice)

@@ -127,8 +127,8 @@ class Thread:
             return None
         async with self._exclusive(parent_lock(task_id), "its message is being posted"):
             loaded = await self.store.view(task_id)
-            if loaded is None or loaded[0].slack_ts:
-                return loaded[0] if loaded else None
+            if loaded is None or loaded.record.slack_ts:
+                return loaded.record if loaded else None
             record, view = loaded
             found = await self._find_unrecorded(record, channel)
             if found is None:

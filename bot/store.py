@@ -19,10 +19,10 @@ from bot.model import (
     Decision,
     Event,
     EventType,
+    Loaded,
     Snapshot,
     TaskRecord,
     TaskState,
-    TaskView,
     Upload,
 )
 from bot.state import view_of
@@ -156,27 +156,29 @@ _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'snapshot') or ''
 if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'snapshot', ARGV[2], 'round', ARGV[3], 'polled_at', ARGV[4],
-           'state', ARGV[5], 'error', '', 'failures', 0, 'stage_since', ARGV[10])
-if ARGV[6] == '' then
-  redis.call('ZREM', KEYS[4], ARGV[8])
+local new = cjson.decode(ARGV[2])
+redis.call('HSET', KEYS[1], 'snapshot', new.snapshot, 'round', new.round,
+           'polled_at', new.polled_at, 'state', new.state, 'error', '', 'failures', 0,
+           'stage_since', new.stage_since)
+if new.next_poll == '' then
+  redis.call('ZREM', KEYS[4], new.task_id)
 else
-  redis.call('ZADD', KEYS[4], 'XX', ARGV[6], ARGV[8])
+  redis.call('ZADD', KEYS[4], 'XX', new.next_poll, new.task_id)
 end
-if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[7]) end
-for i = 11, #ARGV do
-  local event = cjson.decode(ARGV[i])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*',
-             'type', event['type'], 'task_id', event['task_id'], 'event', ARGV[i])
-  redis.call('RPUSH', KEYS[3], ARGV[i])
+if new.history ~= '' then redis.call('RPUSH', KEYS[3], new.history) end
+for _, raw in ipairs(new.events) do
+  local event = cjson.decode(raw)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', new.events_maxlen, '*',
+             'type', event['type'], 'task_id', event['task_id'], 'event', raw)
+  redis.call('RPUSH', KEYS[3], raw)
 end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
 
 
-# Renew a pending event's claim, only while `consumer` still owns it.
-_KEEP_CLAIMED = """
+# Renew a pending event's ownership, only while `consumer` still owns it.
+_KEEP_OWNED = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
@@ -197,10 +199,10 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._track = redis.register_script(_TRACK)
-        self._claim_due = redis.register_script(_CLAIM_DUE)
+        self._lease_due = redis.register_script(_CLAIM_DUE)
         self._record = redis.register_script(_RECORD)
         self._release = redis.register_script(_RELEASE)
-        self._keep_claimed = redis.register_script(_KEEP_CLAIMED)
+        self._keep_owned = redis.register_script(_KEEP_OWNED)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -272,7 +274,7 @@ class Store:
 
     # --- the Slack side: decisions, uploads, demos, claims ------------------------------
 
-    async def view(self, task_id: str) -> tuple[TaskRecord, TaskView] | None:
+    async def view(self, task_id: str) -> Loaded | None:
         """Read everything a message is built from, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             _read_view(pipe, task_id)
@@ -321,7 +323,7 @@ class Store:
 
     async def claim(
         self, task_id: str, round_: int, claim: Claim, ttl: float
-    ) -> tuple[Claim | None, tuple[TaskRecord, TaskView] | None]:
+    ) -> tuple[Claim | None, Loaded | None]:
         """Take the right to decide a round: None when we got it, else the holder's claim;
         with the task as it stands once the claim is taken, read in the same round trip."""
         key = claim_key(task_id, round_)
@@ -384,11 +386,11 @@ class Store:
             attempts, _ = await pipe.execute()
         return int(attempts)
 
-    async def keep_claimed(self, entry_id: str, consumer: str) -> bool:
+    async def keep_owned(self, entry_id: str, consumer: str) -> bool:
         """Reset the event's idle time so that no other publisher reclaims it; False when
         another publisher has taken it over already (this one was too slow to say so)."""
         return bool(
-            await self._keep_claimed(keys=[EVENTS_STREAM], args=[PUBLISHERS, consumer, entry_id])
+            await self._keep_owned(keys=[EVENTS_STREAM], args=[PUBLISHERS, consumer, entry_id])
         )
 
     async def step_done(self, entry_id: str, step: str) -> str | None:
@@ -403,10 +405,10 @@ class Store:
 
     # --- polling -------------------------------------------------------------------------
 
-    async def claim_due(self, now: float, limit: int, lease: float) -> list[str]:
+    async def lease_due(self, now: float, limit: int, lease: float) -> list[str]:
         if limit <= 0:
             return []
-        due = await self._claim_due(keys=[SCHEDULE], args=[repr(now), limit, repr(now + lease)])
+        due = await self._lease_due(keys=[SCHEDULE], args=[repr(now), limit, repr(now + lease)])
         return [_text(item) for item in due]
 
     async def next_due(self) -> float | None:
@@ -450,21 +452,22 @@ class Store:
             if changed
             else ""
         )
+        # One JSON argument, every value a string: Lua's numbers would round the times.
+        new = {
+            "task_id": record.task_id,
+            "snapshot": snapshot.model_dump_json(),
+            "round": str(snapshot.round),
+            "polled_at": repr(now),
+            "state": state.value,
+            "next_poll": "" if next_poll is None else repr(next_poll),
+            "stage_since": repr(now if stage_since is None else stage_since),
+            "history": entry,
+            "events": [event.model_dump_json() for event in events],
+            "events_maxlen": str(EVENTS_MAXLEN),
+        }
         done = await self._record(
             keys=[task_key(record.task_id), EVENTS_STREAM, history_key(record.task_id), SCHEDULE],
-            args=[
-                expected,
-                snapshot.model_dump_json(),
-                snapshot.round,
-                repr(now),
-                state.value,
-                "" if next_poll is None else repr(next_poll),
-                entry,
-                record.task_id,
-                EVENTS_MAXLEN,
-                repr(now if stage_since is None else stage_since),
-                *(event.model_dump_json() for event in events),
-            ],
+            args=[expected, json.dumps(new)],
         )
         return bool(done)
 
@@ -549,7 +552,7 @@ def _read_view(pipe: Pipeline, task_id: str) -> None:
     pipe.hgetall(demos_key(task_id))
 
 
-def _view_from(replies: list[Any]) -> tuple[TaskRecord, TaskView] | None:
+def _view_from(replies: list[Any]) -> Loaded | None:
     raw, decisions, uploads, demos = replies
     if not raw:
         return None
@@ -560,4 +563,4 @@ def _view_from(replies: list[Any]) -> tuple[TaskRecord, TaskView] | None:
         {int(k): Upload.model_validate_json(v) for k, v in _decode(uploads).items()},
         {int(k): json.loads(v) for k, v in _decode(demos).items()},
     )
-    return record, view
+    return Loaded(record, view)

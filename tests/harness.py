@@ -148,7 +148,7 @@ def slash_command(
 async def task_posted(store: Store, task_id: str) -> bool:
     """The task's parent message exists and its video step is finished."""
     loaded = await store.view(task_id)
-    return bool(loaded and loaded[0].slack_ts and loaded[1].upload is not None)
+    return bool(loaded and loaded.record.slack_ts and loaded.view.upload is not None)
 
 
 async def events_published(redis: Redis) -> bool:

@@ -678,7 +678,7 @@ class Approvals:
     async def current_round(self) -> int:
         loaded = await self.bot.store.view(self.task_id)
         assert loaded is not None
-        return loaded[1].round
+        return loaded.view.round
 
     async def pending(self) -> None:
         """Wait until the task waits for a decision on its newest round."""
@@ -688,7 +688,7 @@ class Approvals:
             loaded = await self.bot.store.view(self.task_id)
             sim_round = self.bot.sim.sim.tasks[self.task_id].round
             return bool(
-                loaded and loaded[1].phase == Phase.PENDING and loaded[1].round == sim_round
+                loaded and loaded.view.phase == Phase.PENDING and loaded.view.round == sim_round
             )
 
         await self.bot.until(waiting)

@@ -613,7 +613,7 @@ async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
 
     async def round_two_shown() -> bool:
         loaded = await c.store.view(task.task_id)
-        return bool(loaded and loaded[1].round == 2 and loaded[1].upload is not None)
+        return bool(loaded and loaded.view.round == 2 and loaded.view.upload is not None)
 
     await until(round_two_shown, 10, "round 2 posted", detail=c.tails)
 

@@ -64,9 +64,9 @@ async def test_track_post_upload_approve_and_success(bot: Bot):
 
 async def _succeeded(bot: Bot, task_id: str) -> bool:
     loaded = await bot.store.view(task_id)
-    if loaded is None or loaded[1].phase != "succeeded":
+    if loaded is None or loaded.view.phase != "succeeded":
         return False
-    record = loaded[0]
+    record = loaded.record
     return "Complete" in texts(bot.thread(record))
 
 
@@ -103,11 +103,11 @@ async def test_reject_with_reason_starts_round_two_in_the_same_thread(bot: Bot):
 
     async def round_two_posted() -> bool:
         loaded = await bot.store.view(task.task_id)
-        if not (loaded and loaded[1].round == 2 and loaded[1].upload is not None):
+        if not (loaded and loaded.view.round == 2 and loaded.view.upload is not None):
             return False
-        approve = button_values(bot.parent(loaded[0])).get("approve", "")
+        approve = button_values(bot.parent(loaded.record)).get("approve", "")
         shown = approve and messages.parse_button_value(approve)[1] == 2
-        return bool(shown) and len([m for m in bot.thread(loaded[0]) if m.files]) == 2
+        return bool(shown) and len([m for m in bot.thread(loaded.record) if m.files]) == 2
 
     await bot.until(round_two_posted)
     [reject] = await sim_operations(bot, task.task_id)
@@ -193,7 +193,7 @@ async def test_decided_in_the_console_is_shown_and_buttons_go(bot: Bot):
 
     async def shown() -> bool:
         loaded = await bot.store.view(task.task_id)
-        return bool(loaded and loaded[1].phase == "elsewhere")
+        return bool(loaded and loaded.view.phase == "elsewhere")
 
     await bot.until(shown)
     await bot.until(lambda: _thread_says(bot, record, "outside Slack"))

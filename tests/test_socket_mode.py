@@ -237,7 +237,7 @@ async def test_a_blank_reason_is_refused_in_the_ack(sim, fake: FakeSlack, redis_
 
         async def round_two_posted() -> bool:
             loaded = await bot.store.view(task.task_id)
-            done = loaded and loaded[1].round == 2 and loaded[1].upload is not None
+            done = loaded and loaded.view.round == 2 and loaded.view.upload is not None
             return bool(done) and await bot.published()
 
         await bot.until(round_two_posted)

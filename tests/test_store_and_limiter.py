@@ -23,9 +23,9 @@ async def test_tracking_is_idempotent(store: Store):
 
 async def test_a_task_is_leased_to_one_poller_until_rescheduled(store: Store):
     await store.track("t-1", channel=None, title=None, tracked_by="cli", now=100.0)
-    assert await store.claim_due(now=101.0, limit=10, lease=60) == ["t-1"]
-    assert await store.claim_due(now=102.0, limit=10, lease=60) == []
-    assert await store.claim_due(now=161.5, limit=10, lease=60) == ["t-1"]  # lease ran out
+    assert await store.lease_due(now=101.0, limit=10, lease=60) == ["t-1"]
+    assert await store.lease_due(now=102.0, limit=10, lease=60) == []
+    assert await store.lease_due(now=161.5, limit=10, lease=60) == ["t-1"]  # lease ran out
 
 
 async def test_concurrent_recordings_of_one_transition_append_one_event(store: Store):
@@ -48,7 +48,7 @@ async def test_a_finished_task_leaves_the_schedule(store: Store):
     done = Snapshot(status="SUCCESS", stage="END", stage_status="SUCCESS")
     await store.record_progress(record, done, [], now=2.0, next_poll=None)
     assert (await store.get("t-1")).state == TaskState.FINISHED
-    assert await store.claim_due(now=1e12, limit=10, lease=1) == []
+    assert await store.lease_due(now=1e12, limit=10, lease=1) == []
 
 
 async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store):
@@ -56,7 +56,7 @@ async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store)
     await store.mark_unknown(record, "IVH code 110006: record does not exist", now=2.0)
     again = await store.get("t-1")
     assert again is not None and again.state == TaskState.UNKNOWN and "110006" in again.error
-    assert await store.claim_due(now=1e12, limit=10, lease=1) == []
+    assert await store.lease_due(now=1e12, limit=10, lease=1) == []
     [(_, event)] = await store.events()
     assert event.type == "unknown_task"
     _, started = await store.track("t-1", channel=None, title=None, tracked_by="U1", now=3.0)
@@ -167,11 +167,11 @@ async def test_a_publisher_renews_only_events_it_still_owns(store: Store):
         record, WAITING, build_events("t-1", None, WAITING, at=1.0), now=1.0, next_poll=2.0
     )
     [(entry_id, _)] = await store.read_group("slow", 10, 100)
-    assert await store.keep_claimed(entry_id, "slow")
+    assert await store.keep_owned(entry_id, "slow")
     [(taken, _)] = await store.reclaim("other", 0, 10)
     assert taken == entry_id
-    assert not await store.keep_claimed(entry_id, "slow")
-    assert await store.keep_claimed(entry_id, "other")
+    assert not await store.keep_owned(entry_id, "slow")
+    assert await store.keep_owned(entry_id, "other")
 
 
 async def test_a_lock_has_one_holder_and_only_its_holder_releases_it(store: Store):
@@ -263,9 +263,9 @@ async def test_a_claim_comes_with_the_task_as_it_stands_once_taken(store: Store)
     await store.release("t-1", 1, "a")
     await store.track("t-1", channel="C1", title="Anna", tracked_by="cli")
     holder, loaded = await store.claim("t-1", 1, alice, ttl=60)
-    assert holder is None and loaded is not None and loaded[0].title == "Anna"
+    assert holder is None and loaded is not None and loaded.record.title == "Anna"
     holder, loaded = await store.claim("t-1", 1, bob, ttl=60)
-    assert holder == alice and loaded is not None and loaded[0].channel == "C1"
+    assert holder == alice and loaded is not None and loaded.record.channel == "C1"
 
 
 async def test_an_idle_caller_is_granted_in_one_round_trip(redis):
