@@ -217,13 +217,13 @@ class Thread:
     @contextlib.asynccontextmanager
     async def _exclusive(self, name: str, doing: str) -> AsyncIterator[None]:
         """Hold the Redis lock `name` while posting; Busy when another process holds it."""
-        token = await self.store.lock(name, POST_LOCK_SECONDS)
-        if token is None:
+        lock = await self.store.lock(name, POST_LOCK_SECONDS)
+        if lock is None:
             raise Busy(f"{name}: {doing} by another process")
         try:
             yield
         finally:
-            await self.store.unlock(name, token)
+            await self.store.unlock(lock)
 
     async def show(self, task_id: str) -> TaskRecord | None:
         """Post the parent message, or rebuild it if it exists; returns the updated record."""

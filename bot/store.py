@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-import uuid
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from bot.model import (
@@ -310,16 +311,15 @@ class Store:
         raw = await self.redis.hget(demos_key(task_id), str(round_))
         return json.loads(raw) if raw else None
 
-    async def lock(self, name: str, ttl: float) -> str | None:
-        """Take the lock `name` for `ttl` seconds: its token, or None when someone holds it."""
-        token = uuid.uuid4().hex
-        held = await self.redis.set(
-            lock_key(name), json.dumps({"token": token}), nx=True, px=int(ttl * 1000)
-        )
-        return token if held else None
+    async def lock(self, name: str, ttl: float) -> Lock | None:
+        """Take the lock `name` for `ttl` seconds without waiting: None when someone holds it.
+        redis-py's Lock: a token of its own, released only by its holder."""
+        lock = self.redis.lock(lock_key(name), timeout=ttl, blocking=False, thread_local=False)
+        return lock if await lock.acquire() else None
 
-    async def unlock(self, name: str, token: str) -> None:
-        await self._release(keys=[lock_key(name)], args=[token])
+    async def unlock(self, lock: Lock) -> None:
+        with contextlib.suppress(LockError):  # it expired, and may be another's now: leave it
+            await lock.release()
 
     async def claim(
         self, task_id: str, round_: int, claim: Claim, ttl: float

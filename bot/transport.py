@@ -5,6 +5,13 @@ httpcore's pool looks at every pooled connection on every request and every resp
 could not reach the budget (bench/poll_cycle.py: 8.6 ms of CPU per poll, 4.4 ms through this).
 aiohttp's pool, already in the process for Slack and the web server, does not. Requests and
 answers stay httpx's, so the client's timeouts and errors keep their meaning.
+
+Why not the `httpx-aiohttp` package, which does the same: tried against this project's tests
+(2026-11-30, httpx-aiohttp 0.2.0), it sends the signature as signed, but its error mapping
+makes every aiohttp ClientConnectionError a ConnectTimeout. A connection reset or closed
+*after* the request went out then reads as "nothing was sent", and a confirmation that may
+have reached Tencent would not be re-read as "outcome unknown". Its errors also carry
+aiohttp's text, which quotes the signed URL. The mapping below is the part that matters.
 """
 
 from __future__ import annotations

@@ -5,7 +5,15 @@ import time
 
 from bot.events import Snapshot, build_events
 from bot.ratelimit import JITTER, SLACK, RedisRateLimiter
-from bot.store import EVENTS_STREAM, Claim, Store, TaskState, limiter_keys, rate_key
+from bot.store import (
+    EVENTS_STREAM,
+    Claim,
+    Store,
+    TaskState,
+    limiter_keys,
+    lock_key,
+    rate_key,
+)
 from tests.conftest import wait_for
 
 WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
@@ -175,12 +183,14 @@ async def test_a_publisher_renews_only_events_it_still_owns(store: Store):
 
 
 async def test_a_lock_has_one_holder_and_only_its_holder_releases_it(store: Store):
-    token = await store.lock("parent:t-1", 60)
-    assert token is not None
+    held = await store.lock("parent:t-1", 60)
+    assert held is not None
     assert await store.lock("parent:t-1", 60) is None
-    await store.unlock("parent:t-1", "someone-else")
+    stranger = store.redis.lock(lock_key("parent:t-1"), timeout=60, thread_local=False)
+    await store.unlock(stranger)  # not its holder: nothing happens
     assert await store.lock("parent:t-1", 60) is None
-    await store.unlock("parent:t-1", token)
+    assert held is not None
+    await store.unlock(held)
     assert await store.lock("parent:t-1", 60) is not None
 
 
