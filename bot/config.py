@@ -16,7 +16,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.hosts import HostPolicy
-from bot.model import check_channel
+from bot.model import check_channel, describe_errors
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -206,22 +206,9 @@ class Settings(BaseSettings):
         return self.SLACK_APP_TOKEN is not None
 
 
-def describe(error: ValidationError) -> str:
-    """Turn pydantic's report into one line per setting, never echoing a secret's value."""
-    lines = []
-    for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or ""
-        message = item["msg"].removeprefix("Value error, ")
-        if not name and ": " in message:
-            lines.append(message)
-        else:
-            lines.append(f"{name}: {message}")
-    return "; ".join(lines)
-
-
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, or raise SettingsError with one line naming what is wrong."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        raise SettingsError(f"configuration error: {describe(error)}") from None
+        raise SettingsError(f"configuration error: {describe_errors(error)}") from None

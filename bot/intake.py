@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot import model
 from bot.model import TaskRecord, check_channel, check_task_id
 
 if TYPE_CHECKING:  # the store is passed in; settings validate channels without loading Redis
@@ -52,14 +53,5 @@ async def track_task(
 
 
 def describe_errors(error: ValidationError) -> str:
-    """One line naming each bad field, for HTTP answers and the CLI."""
-    parts = []
-    for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "body"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            message = "is required"
-        elif item["type"] == "extra_forbidden":
-            message = "is not a known field"
-        parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+    """One line naming each bad field of a tracking request, for HTTP answers and the CLI."""
+    return model.describe_errors(error, whole="body")

@@ -9,7 +9,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # --- limits --------------------------------------------------------------------------------
 
@@ -46,6 +46,21 @@ def check_task_id(value: str) -> str:
     if not value.isprintable() or any(ch.isspace() for ch in value):
         raise ValueError("task_id must be printable characters without spaces")
     return value
+
+
+def describe_errors(error: ValidationError, whole: str = "") -> str:
+    """pydantic's report as one line naming each bad field or setting (`whole` names the
+    input itself), never echoing a value: for HTTP answers, the CLI and start-up errors."""
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or whole
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        parts.append(f"{name}: {message}" if name else message)
+    return "; ".join(parts)
 
 
 # --- operations ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -48,6 +49,33 @@ def _button(action: dict[str, Any]) -> tuple[str, int] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Click:
+    """A decision button's click, as far as its payload can be trusted."""
+
+    task_id: str
+    round: int
+    user: str
+    notify: Notify
+
+
+def _clicked(
+    name: str,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    notify: Notify,
+    handoff: Handoff,
+    *,
+    valid: bool = True,
+) -> Click | None:
+    """The click, or None when its payload is not a valid button's (the user is told so)."""
+    target, user = _button(action), user_of(body)
+    if target is None or user is None or not valid:
+        handoff.start(name, notify("That button is not valid any more."), notify)
+        return None
+    return Click(target[0], target[1], user, notify)
+
+
 def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff) -> None:
     @app.action(messages.APPROVE)
     @guarded
@@ -59,14 +87,10 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        notify = ephemeral(respond, client)
-        target, user = _button(action), user_of(body)
-        if target is None or user is None:
-            handoff.start("approve", notify("That button is not valid any more."), notify)
-            return
-        task_id, round_ = target
-        decision = decider.decide(task_id, round_, user, "AGREE", notify)
-        handoff.start(f"approve {task_id}", decision, notify)
+        click = _clicked("approve", body, action, ephemeral(respond, client), handoff)
+        if click is not None:
+            decision = decider.decide(click.task_id, click.round, click.user, "AGREE", click.notify)
+            handoff.start(f"approve {click.task_id}", decision, click.notify)
 
     @app.action(messages.REJECT)
     @guarded
@@ -78,13 +102,12 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        notify = ephemeral(respond, client)
-        target, user = _button(action), user_of(body)
         trigger = body.get("trigger_id")
-        if target is None or user is None or not isinstance(trigger, str):
-            handoff.start("reject", notify("That button is not valid any more."), notify)
+        notify = ephemeral(respond, client)
+        click = _clicked("reject", body, action, notify, handoff, valid=isinstance(trigger, str))
+        if click is None or not isinstance(trigger, str):
             return
-        task_id, round_ = target
+        task_id, round_, user = click.task_id, click.round, click.user
 
         async def open_form(user: str, trigger: str) -> None:
             try:
