@@ -19,6 +19,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
+from bot.metrics import Metrics
 from bot.model import Decision, TaskRecord, is_channel_id
 from bot.ratelimit import RedisRateLimiter
 from bot.store import Store, parent_lock, post_rate_key, reply_lock
@@ -94,11 +95,13 @@ class Thread:
         client: AsyncWebClient,
         default_channel: str | None,
         pace: ChannelPace | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.default_channel = default_channel
         self._pace = pace
+        self.metrics = metrics
 
     async def post(self, channel: str, **payload: Any) -> AsyncSlackResponse:
         """chat.postMessage, at the channel's pace, never unfurling the demo links."""
@@ -255,10 +258,12 @@ class Thread:
     async def announce(self, task_id: str, decision: Decision) -> bool:
         """Record a round's decision (the first recorded stands), show it in the message and
         reply in the thread once. Called again after a crash, it finishes what is missing."""
-        first = await self.store.save_decision(task_id, decision)
+        ready = await self.store.save_decision(task_id, decision)
+        if ready is not None and self.metrics is not None:
+            self.metrics.decided(decision.operate, decision.source, ready, decision.at)
         await self.refresh(task_id)
         await self._tell(task_id, decision.round)
-        return first
+        return ready is not None
 
     async def _tell(self, task_id: str, round_: int) -> None:
         """Reply in the thread with the round's recorded decision, unless that was done."""

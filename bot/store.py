@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
@@ -34,6 +35,9 @@ StoreUnavailable = RedisError
 
 PREFIX = "ivh:"
 EVENTS_STREAM = PREFIX + "events"
+AUDIT_STREAM = PREFIX + "audit"  # append-only: every event and decision, kept for retention
+STAGES = PREFIX + "stats:stages"  # hash: "STAGE/STATUS" -> active tasks there (for /metrics)
+AUDIT_RETENTION_DAYS = 365
 SCHEDULE = PREFIX + "schedule"  # sorted set: task id -> when it is next due for a poll
 EVENTS_MAXLEN = 100_000
 HISTORY_MAX = 500  # entries kept per task; the oldest go first
@@ -69,6 +73,10 @@ class LimiterKeys(NamedTuple):
 
 def limiter_keys(key: str) -> LimiterKeys:
     return LimiterKeys(key, f"{key}:priority", f"{key}:sent")
+
+
+def ready_key(task_id: str) -> str:
+    return f"{PREFIX}ready:{task_id}"  # hash: round -> when its demo was first seen waiting
 
 
 def decisions_key(task_id: str) -> str:
@@ -167,16 +175,52 @@ else
   redis.call('ZADD', KEYS[4], 'XX', new.next_poll, new.task_id)
 end
 if new.history ~= '' then redis.call('RPUSH', KEYS[3], new.history) end
+-- The active tasks by stage: the task hash says where it is counted, so nothing drifts.
+local counted = redis.call('HGET', KEYS[1], 'counted')
+if counted then redis.call('HINCRBY', KEYS[5], counted, -1) end
+if new.state == 'active' then
+  redis.call('HINCRBY', KEYS[5], new.where, 1)
+  redis.call('HSET', KEYS[1], 'counted', new.where)
+else
+  redis.call('HDEL', KEYS[1], 'counted')
+end
 for _, raw in ipairs(new.events) do
   local event = cjson.decode(raw)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', new.events_maxlen, '*',
              'type', event['type'], 'task_id', event['task_id'], 'event', raw)
   redis.call('RPUSH', KEYS[3], raw)
+  redis.call('XADD', KEYS[6], 'MINID', '~', new.audit_minid, '*',
+             'kind', 'event', 'task_id', event['task_id'], 'record', raw)
+  if event['type'] == 'awaiting_confirmation' or event['type'] == 'round_changed' then
+    redis.call('HSETNX', KEYS[7], tostring(event['round']), new.polled_at)
+  end
 end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
 
+
+# Record a round's decision once: the first one stands, told to the history and the audit trail
+# in the same step, with when the round's demo was ready (for the time to decision).
+_DECIDE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -HISTORY_MAX, -1)
+local ready = redis.call('HGET', KEYS[4], ARGV[1]) or ''
+redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[5], '*', 'kind', 'decision',
+           'task_id', ARGV[4], 'record', ARGV[2], 'ready_at', ready)
+return ready
+""".replace("HISTORY_MAX", str(HISTORY_MAX))
+
+# Stop counting a task by stage (it left the active ones another way than a poll).
+_UNCOUNT = """
+local counted = redis.call('HGET', KEYS[1], 'counted')
+if counted then
+  redis.call('HINCRBY', KEYS[2], counted, -1)
+  redis.call('HDEL', KEYS[1], 'counted')
+end
+return 0
+"""
 
 # Renew a pending event's ownership, only while `consumer` still owns it.
 _KEEP_OWNED = """
@@ -197,8 +241,11 @@ return 0
 class Store:
     """Tasks, their last seen progress, history, schedule and the events stream."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, audit_retention_days: float = AUDIT_RETENTION_DAYS) -> None:
         self.redis = redis
+        self.audit_retention = audit_retention_days * 24 * 3600
+        self._decide = redis.register_script(_DECIDE)
+        self._uncount = redis.register_script(_UNCOUNT)
         self._track = redis.register_script(_TRACK)
         self._lease_due = redis.register_script(_CLAIM_DUE)
         self._record = redis.register_script(_RECORD)
@@ -291,14 +338,59 @@ class Store:
         raw = await self.redis.hget(decisions_key(task_id), str(round_))
         return Decision.model_validate_json(raw) if raw else None
 
-    async def save_decision(self, task_id: str, decision: Decision) -> bool:
-        """Record the decision of a round; the first one recorded stands."""
-        first = await self.redis.hsetnx(
-            decisions_key(task_id), str(decision.round), decision.model_dump_json()
+    async def save_decision(self, task_id: str, decision: Decision) -> float | None:
+        """Record the decision of a round; the first one recorded stands. None when one was
+        recorded before; else when the round's demo was ready (0.0: not known)."""
+        ready = await self._decide(
+            keys=[decisions_key(task_id), history_key(task_id), AUDIT_STREAM, ready_key(task_id)],
+            args=[
+                str(decision.round),
+                decision.model_dump_json(),
+                _history_entry("decision", **decision.model_dump()),
+                task_id,
+                self._audit_minid(time.time()),
+            ],
         )
-        if first:
-            await self.append_history(task_id, "decision", **decision.model_dump())
-        return bool(first)
+        if ready is None:
+            return None
+        return float(_text(ready) or 0.0)
+
+    def _audit_minid(self, now: float) -> str:
+        """The oldest audit entry id to keep: AUDIT_RETENTION_DAYS before `now`."""
+        return f"{max(0, int((now - self.audit_retention) * 1000))}-0"
+
+    async def audit(
+        self, since: float | None = None, until: float | None = None, count: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The audit trail between two times, oldest first: each entry's kind, task, time and
+        the event or decision it records."""
+        start = f"{int(since * 1000)}-0" if since is not None else "-"
+        end = f"{int(until * 1000)}-0" if until is not None else "+"
+        while True:
+            entries: list[Any] = list(
+                await self.redis.xrange(AUDIT_STREAM, start, end, count=count) or []
+            )
+            for entry_id, fields in entries:
+                yield _audit_entry(_text(entry_id), _decode(fields))
+            if len(entries) < count:
+                return
+            start = "(" + _text(entries[-1][0])
+
+    async def stage_counts(self) -> dict[str, int]:
+        """Active tasks by "STAGE/STATUS", kept up to date by every recorded poll."""
+        raw = await self.redis.hgetall(STAGES)
+        return {k: int(v) for k, v in _decode(raw).items() if int(v) > 0}
+
+    async def stream_lag(self) -> tuple[int, int]:
+        """The publishers' group: events not yet delivered to it, and delivered but pending."""
+        try:
+            groups = await self.redis.xinfo_groups(EVENTS_STREAM)
+        except ResponseError:
+            return 0, 0  # no stream yet
+        for group in groups:
+            if _text(group.get("name", b"")) == PUBLISHERS:
+                return int(group.get("lag") or 0), int(group.get("pending") or 0)
+        return 0, 0
 
     async def decision_replied(self, task_id: str, round_: int) -> bool:
         return bool(await self.redis.hexists(replies_key(task_id), str(round_)))
@@ -465,8 +557,18 @@ class Store:
             "events": [event.model_dump_json() for event in events],
             "events_maxlen": str(EVENTS_MAXLEN),
         }
+        new["where"] = f"{snapshot.stage or '-'}/{snapshot.stage_status or snapshot.status}"
+        new["audit_minid"] = self._audit_minid(now)
         done = await self._record(
-            keys=[task_key(record.task_id), EVENTS_STREAM, history_key(record.task_id), SCHEDULE],
+            keys=[
+                task_key(record.task_id),
+                EVENTS_STREAM,
+                history_key(record.task_id),
+                SCHEDULE,
+                STAGES,
+                AUDIT_STREAM,
+                ready_key(record.task_id),
+            ],
             args=[expected, json.dumps(new)],
         )
         return bool(done)
@@ -485,6 +587,7 @@ class Store:
             for key in (task_key(record.task_id), history_key(record.task_id)):
                 pipe.expire(key, RETENTION)
             await pipe.execute()
+        await self._uncount(keys=[task_key(record.task_id), STAGES])
 
     async def record_failure(self, task_id: str, message: str, now: float, retry_at: float) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -514,6 +617,19 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         demos_key(task_id),
         replies_key(task_id),
     )
+
+
+def _audit_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    record = json.loads(fields.get("record") or "{}")
+    entry: dict[str, Any] = {
+        "at": int(entry_id.split("-", 1)[0]) / 1000,
+        "kind": fields.get("kind", ""),
+        "task_id": fields.get("task_id", ""),
+        **record,
+    }
+    if fields.get("ready_at"):
+        entry["ready_at"] = float(fields["ready_at"])
+    return entry
 
 
 def _stream_fields(event: Event) -> dict[FieldT, EncodableT]:
