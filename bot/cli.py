@@ -88,7 +88,11 @@ async def _simulate(args: argparse.Namespace) -> None:
     await running.close()
 
 
-async def _redis_for_cli(settings: Settings) -> Redis:
+# How long `events -f` waits for Redis to announce a new event before it asks again.
+EVENTS_WAIT_MS = 5_000
+
+
+async def _redis_for_cli(settings: Settings, *, socket_timeout: float = 5.0) -> Redis:
     from bot.embedded import answers, embedded_url
 
     url = settings.REDIS_URL or embedded_url(settings.DATA_DIR)
@@ -97,7 +101,7 @@ async def _redis_for_cli(settings: Settings) -> Redis:
             "REDIS_URL: not set, and no embedded Redis is running under DATA_DIR"
             f" ({settings.DATA_DIR}); start `ivh-approvals run` first or set REDIS_URL"
         )
-    return Redis.from_url(url, socket_connect_timeout=5)
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout)
 
 
 async def _track(settings: Settings, args: argparse.Namespace) -> int:
@@ -121,7 +125,9 @@ async def _track(settings: Settings, args: argparse.Namespace) -> int:
 async def _events(settings: Settings, args: argparse.Namespace) -> int:
     from bot.store import Store
 
-    redis = await _redis_for_cli(settings)
+    # The blocking read answers only after EVENTS_WAIT_MS when nothing happens: the socket
+    # must wait longer than that, or every quiet wait ends in a timeout error.
+    redis = await _redis_for_cli(settings, socket_timeout=EVENTS_WAIT_MS / 1000 + 5)
     store = Store(redis)
     last = "-"
     try:
@@ -132,7 +138,9 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
                 print(entry_id, event.model_dump_json(exclude_defaults=True), flush=True)
             if not args.follow:
                 return 0
-            await store.wait_for_events(after=last if last != "-" else "0-0")
+            await store.wait_for_events(
+                after=last if last != "-" else "0-0", block_ms=EVENTS_WAIT_MS
+            )
     finally:
         await redis.aclose()
 

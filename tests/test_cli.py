@@ -1,0 +1,75 @@
+"""The `ivh-approvals` commands as a user types them: each runs as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from bot.store import Store
+from tests.conftest import RedisProcess, wait_for
+from tests.test_run import bot_env
+
+
+@contextlib.contextmanager
+def command(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`ivh-approvals ARGS` running in the background, its output read line by line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / f"{args[0]}.log").open("w"),
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+async def next_line(process: subprocess.Popen[str], within: float = 20.0) -> str:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), within)
+    assert line, f"the command ended (exit {process.poll()}) instead of printing"
+    return line
+
+
+async def append_event(store: Store, task_id: str) -> None:
+    """One real event in the stream: a tracked task IVH turns out not to know."""
+    record, _ = await store.track(task_id, channel=None, title=None, tracked_by="test")
+    await store.mark_unknown(record, "IVH code 110006: task not found", time.time())
+
+
+async def xread_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+async def test_events_follow_prints_new_events_across_quiet_waits(
+    tmp_path: Path, redis_server: RedisProcess, redis: Redis
+):
+    store = Store(redis)
+    await append_event(store, "before_start")
+    env = bot_env(tmp_path, REDIS_URL=redis_server.url)
+    with command(tmp_path, env, "events", "-f") as events:
+        assert "before_start" in await next_line(events)
+        # Nothing happens for longer than one blocking read: the command waits again, twice.
+        reads = await xread_calls(redis)
+
+        async def waited_twice() -> bool:
+            assert events.poll() is None, (tmp_path / "events.log").read_text()
+            return await xread_calls(redis) >= reads + 2
+
+        await wait_for(waited_twice, within=30)
+        await append_event(store, "after_a_quiet_wait")
+        line = await next_line(events)
+        assert "after_a_quiet_wait" in line and "unknown_task" in line
+    assert "Traceback" not in (tmp_path / "events.log").read_text()
