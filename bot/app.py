@@ -41,29 +41,37 @@ log = logging.getLogger(__name__)
 REDIS_POOL = 64  # connections per process; a burst beyond waits for a free one
 REDIS_WARM = 48  # opened at start: a replica's share of a burst of 100 clicks, and then some
 
+MISSING_IVH_KEYS = (
+    "configuration error: IVH_APPKEY, IVH_ACCESS_TOKEN: required by `run` (the IVH console's"
+    " app key and access token); the built-in simulator is for `ivh-approvals demo` and"
+    " `ivh-approvals simulate`"
+)
+
 
 @dataclass(frozen=True)
 class Upstreams:
-    """Where Redis and IVH are: from the settings, or embedded stand-ins when unset."""
+    """Where Redis and IVH are: from the settings, or the embedded Redis and demo simulator."""
 
     redis_url: str
     ivh_base_url: str
     ivh_appkey: str
     ivh_access_token: str
-    simulator: Simulator | None = None  # the built-in one, when IVH keys are unset
+    simulator: Simulator | None = None  # the built-in one, in the demo only
 
 
 @contextlib.asynccontextmanager
-async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
-    """Start the embedded Redis and the IVH simulator where the settings leave them unset."""
+async def upstreams(settings: Settings, *, simulator: bool = False) -> AsyncIterator[Upstreams]:
+    """Start the embedded Redis when REDIS_URL is unset, and with `simulator` (the demo) the
+    built-in IVH simulator; else IVH is the one the settings name."""
     async with contextlib.AsyncExitStack() as stack:
         redis_url = settings.REDIS_URL
         if redis_url is None:
             redis_url, server = await start_embedded(settings.DATA_DIR)
             if server is not None:
                 stack.callback(server.stop)
-        if settings.ivh_configured:
-            assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
+        if not simulator:
+            if not (settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN):
+                raise SettingsError(MISSING_IVH_KEYS)
             yield Upstreams(
                 redis_url,
                 settings.IVH_BASE_URL,
@@ -75,8 +83,8 @@ async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
         running = await start(sim)
         stack.push_async_callback(running.close)
         log.warning(
-            "IVH_APPKEY not set: using the built-in IVH simulator at %s (demo tasks only;"
-            " any task id you track is created there)",
+            "demo: using the built-in IVH simulator at %s (simulated tasks only; any task id"
+            " you track is created there)",
             running.url,
         )
         yield Upstreams(redis_url, running.url, sim.appkey, sim.access_token, sim)
@@ -268,15 +276,25 @@ async def seed_demo(store: Store, sim: Simulator) -> str:
 async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) -> None:
     """Run the HTTP server, the poller and the publisher until `stop` is set.
 
-    With `demo`, IVH is always the built-in simulator and one demo task is seeded.
+    With `demo`, IVH is always the built-in simulator and one demo task is seeded; without
+    it, IVH keys are required: `run` never quietly talks to a simulator.
     """
     if demo:
         settings = settings.model_copy(update={"IVH_APPKEY": None, "IVH_ACCESS_TOKEN": None})
+    elif not settings.ivh_configured:
+        raise SettingsError(MISSING_IVH_KEYS)
     if settings.INTAKE_TOKEN is None:
         log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
     if not settings.slack_configured:
         log.warning("SLACK_BOT_TOKEN not set: running the Tencent side only (no Slack messages)")
-    async with upstreams(settings) as up, contextlib.AsyncExitStack() as stack:
+    if settings.REDIS_URL is None and not demo:
+        log.warning(
+            "REDIS_URL not set: this process keeps its state in an embedded Redis under"
+            " DATA_DIR (%s); replicas of `run` need one shared Redis: set REDIS_URL to run more"
+            " than one",
+            settings.DATA_DIR,
+        )
+    async with upstreams(settings, simulator=demo) as up, contextlib.AsyncExitStack() as stack:
         runtime = Runtime.build(settings, up)
         stack.push_async_callback(runtime.aclose)
         try:

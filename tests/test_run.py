@@ -94,16 +94,43 @@ async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
     assert sim.sim.access_token not in text and "signature=" not in text
 
 
-async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_path: Path):
+def test_run_without_ivh_keys_names_them_and_stops(tmp_path: Path):
+    """`run` never quietly talks to the simulator: it is for `demo` and `simulate`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        env=bot_env(tmp_path, PORT=str(free_port())),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "IVH_APPKEY" in result.stderr and "IVH_ACCESS_TOKEN" in result.stderr
+    assert "demo" in result.stderr and "simulate" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+async def test_run_without_redis_url_uses_the_embedded_redis_and_says_replicas_need_one(
+    tmp_path: Path, sim: RunningSimulator
+):
     port = free_port()
-    env = bot_env(tmp_path, PORT=str(port), POLL_INTERVAL="0.2")
+    env = bot_env(
+        tmp_path,
+        PORT=str(port),
+        POLL_INTERVAL="0.2",
+        IVH_BASE_URL=sim.url,
+        IVH_APPKEY=sim.sim.appkey,
+        IVH_ACCESS_TOKEN=sim.sim.access_token,
+    )
+    task = sim.sim.create_task(audit_seconds=3600)
     process, log = start_bot(tmp_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_for(lambda: healthy(url), within=30)
         tracked = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "bot.cli", "track", "demo_task_1", "--title", "Demo"],
+            [sys.executable, "-m", "bot.cli", "track", task.task_id, "--title", "Anna"],
             env=env,
             cwd=tmp_path,
             capture_output=True,
@@ -111,12 +138,12 @@ async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_pa
             timeout=30,
         )
         assert tracked.returncode == 0, tracked.stderr
-        assert '"task_id": "demo_task_1"' in tracked.stdout
+        assert f'"task_id": "{task.task_id}"' in tracked.stdout
 
         async def polled() -> bool:
             async with httpx.AsyncClient(base_url=url) as http:
                 answer = await http.get(
-                    "/tasks/demo_task_1", headers={"Authorization": f"Bearer {INTAKE}"}
+                    f"/tasks/{task.task_id}", headers={"Authorization": f"Bearer {INTAKE}"}
                 )
             snapshot = answer.json()["task"]["snapshot"]
             return snapshot is not None and snapshot["status"] == "MAKING"
@@ -126,7 +153,8 @@ async def test_run_with_nothing_set_uses_the_embedded_redis_and_simulator(tmp_pa
         code = await stop(process)
     assert code == 0
     text = log.read_text()
-    assert "embedded" in text and "simulator" in text and "Traceback" not in text
+    assert text.count("replicas of `run` need one shared Redis: set REDIS_URL") == 1, text
+    assert "embedded" in text and "simulator" not in text and "Traceback" not in text
     assert (tmp_path / "data" / "redis" / "appendonlydir").exists()  # the data stays
 
 
