@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 import handlers
 from bot.aio import LoopCrashed
 from bot.approvers import Approvers
-from bot.config import Settings, SettingsError
+from bot.config import Settings, SettingsError, listen_error
 from bot.decisions import Decider
 from bot.embedded import start_embedded
 from bot.ivh import IvhClient
@@ -263,6 +264,29 @@ def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event, crashed: lis
         stop.set()
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before anything starts when PORT is taken, instead of after Redis and IVH are up.
+
+    The server's own bind (below) still reports a port taken in between.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return  # the server's bind says what is wrong with HOST
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio's server does: a port left in TIME_WAIT is free, one listened on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise listen_error("PORT", host, port, error) from None
+
+
 DEMO_TITLE = "Demo avatar (simulated)"
 
 
@@ -283,6 +307,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         settings = settings.model_copy(update={"IVH_APPKEY": None, "IVH_ACCESS_TOKEN": None})
     elif not settings.ivh_configured:
         raise SettingsError(MISSING_IVH_KEYS)
+    check_port(settings.HOST, settings.PORT)
     if settings.INTAKE_TOKEN is None:
         log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
     if not settings.slack_configured:
@@ -305,14 +330,17 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         runner = web.AppRunner(runtime.web_app(), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, settings.HOST, settings.PORT).start()
+        try:
+            await web.TCPSite(runner, settings.HOST, settings.PORT).start()
+        except OSError as error:
+            raise listen_error("PORT", settings.HOST, settings.PORT, error) from None
         log.info("listening on http://%s:%d", settings.HOST, settings.PORT)
         loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
             if settings.SLACK_APP_TOKEN is not None:
                 try:
-                    socket = await _socket_mode(
+                    socket_mode = await _socket_mode(
                         runtime.slack.bolt, settings.SLACK_APP_TOKEN.get_secret_value()
                     )
                 except SlackApiError as error:
@@ -321,7 +349,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
                         f"configuration error: SLACK_APP_TOKEN: Slack answered {code}"
                         " (an app-level token with connections:write is needed)"
                     ) from None
-                stack.push_async_callback(socket.aclose)
+                stack.push_async_callback(socket_mode.aclose)
         crashed: list[str] = []
         for loop in loops:
             loop.add_done_callback(lambda task: _stop_if_crashed(task, stop, crashed))

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.aio import LoopCrashed
-from bot.config import Settings, SettingsError, load_settings
+from bot.config import Settings, SettingsError, listen_error, load_settings
 
 log = logging.getLogger("ivh_approvals")
 
@@ -74,7 +74,10 @@ async def _simulate(args: argparse.Namespace) -> None:
     )
     for task_id in args.task:
         sim.create_task(task_id)
-    running = await start(sim, args.host, args.port)
+    try:
+        running = await start(sim, args.host, args.port)
+    except OSError as error:
+        raise listen_error("--port", args.host, args.port, error) from None
     print(f"IVH simulator listening on {running.url}", file=sys.stderr)
     print(
         f"  use: IVH_BASE_URL={running.url} IVH_APPKEY={args.appkey}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -215,6 +216,15 @@ def describe(error: ValidationError) -> str:
         else:
             lines.append(f"{name}: {message}")
     return "; ".join(lines)
+
+
+def listen_error(setting: str, host: str, port: int, error: OSError) -> SettingsError:
+    """One line for a port the server cannot listen on, naming the setting and the port."""
+    if error.errno == errno.EADDRINUSE:
+        why = "already in use (another process listens there); stop it or choose a free port"
+    else:
+        why = error.strerror or str(error)
+    return SettingsError(f"configuration error: {setting}: cannot listen on {host}:{port}: {why}")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from bot.store import Store
@@ -73,3 +75,53 @@ async def test_events_follow_prints_new_events_across_quiet_waits(
         line = await next_line(events)
         assert "after_a_quiet_wait" in line and "unknown_task" in line
     assert "Traceback" not in (tmp_path / "events.log").read_text()
+
+
+@contextlib.contextmanager
+def port_held_open() -> Iterator[int]:
+    """A loopback port another process (here: the test) is listening on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+@pytest.mark.parametrize("command_name", ["run"])
+def test_a_busy_port_is_one_line_naming_port(
+    tmp_path: Path, redis_server: RedisProcess, command_name: str
+):
+    with port_held_open() as port:
+        env = bot_env(
+            tmp_path,
+            HOST="127.0.0.1",
+            PORT=str(port),
+            REDIS_URL=redis_server.url,
+            IVH_APPKEY="appkey",
+            IVH_ACCESS_TOKEN="token",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "bot.cli", command_name],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"PORT: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
+
+
+def test_simulate_on_a_busy_port_is_one_line_naming_it(tmp_path: Path):
+    with port_held_open() as port:
+        result = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "simulate", "--port", str(port)],
+            env=bot_env(tmp_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"--port: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
