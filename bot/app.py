@@ -24,6 +24,7 @@ from bot.aio import LoopCrashed
 from bot.approvers import Approvers
 from bot.config import Settings, SettingsError, listen_error
 from bot.decisions import Decider
+from bot.demo import retire_earlier_demos, seed_demo, tell_progress, where_to_watch
 from bot.embedded import start_embedded
 from bot.ivh import IvhClient
 from bot.poller import Poller
@@ -287,16 +288,6 @@ def check_port(host: str, port: int) -> None:
                 raise listen_error("PORT", host, port, error) from None
 
 
-DEMO_TITLE = "Demo avatar (simulated)"
-
-
-async def seed_demo(store: Store, sim: Simulator) -> str:
-    """A simulated task that reaches CONFIRM in about 40 seconds, tracked for Slack."""
-    task = sim.create_task(audit_seconds=10, train_seconds=30)
-    await store.track(task.task_id, channel=None, title=DEMO_TITLE, tracked_by="demo")
-    return task.task_id
-
-
 async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) -> None:
     """Run the HTTP server, the poller and the publisher until `stop` is set.
 
@@ -310,7 +301,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
     check_port(settings.HOST, settings.PORT)
     if settings.INTAKE_TOKEN is None:
         log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
-    if not settings.slack_configured:
+    if not settings.slack_configured and not demo:
         log.warning("SLACK_BOT_TOKEN not set: running the Tencent side only (no Slack messages)")
     if settings.REDIS_URL is None and not demo:
         log.warning(
@@ -335,6 +326,13 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         except OSError as error:
             raise listen_error("PORT", settings.HOST, settings.PORT, error) from None
         log.info("listening on http://%s:%d", settings.HOST, settings.PORT)
+        demo_task = None
+        if demo and up.simulator is not None:
+            # Before the poller starts: it must not poll an earlier run's task even once.
+            retired = await retire_earlier_demos(runtime.store)
+            if retired:
+                log.info("demo: no longer polling earlier demo tasks %s", ", ".join(retired))
+            demo_task = await seed_demo(runtime.store, up.simulator)
         loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
@@ -353,14 +351,11 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         crashed: list[str] = []
         for loop in loops:
             loop.add_done_callback(lambda task: _stop_if_crashed(task, stop, crashed))
-        if demo and up.simulator is not None:
-            task_id = await seed_demo(runtime.store, up.simulator)
-            runtime.poller.wake()
-            log.warning(
-                "demo: tracking simulated task %s; its demo reaches Slack in about 40 s."
-                " Approve or Reject it there; after a Reject, round 2 follows 30 s later.",
-                task_id,
-            )
+        if demo_task is not None:
+            slack = runtime.slack is not None
+            log.warning("%s", where_to_watch(demo_task, slack=slack))
+            progress = tell_progress(runtime.store, demo_task, slack=slack, sim_url=up.ivh_base_url)
+            loops.append(asyncio.create_task(progress, name="demo progress"))
         await stop.wait()
         log.info("stopping")
         for loop in loops:

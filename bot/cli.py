@@ -52,11 +52,6 @@ def _demo_settings(settings: Settings) -> Settings:
         for name in ("SLACK_APP_TOKEN", "SLACK_CHANNEL"):
             if getattr(settings, name) is None:
                 raise SettingsError(f"configuration error: {name}: required by the demo")
-    else:
-        log.warning(
-            "demo without Slack: set SLACK_BOT_TOKEN, SLACK_APP_TOKEN and SLACK_CHANNEL to"
-            " approve in Slack; until then watch events with `ivh-approvals events -f`"
-        )
     return settings.model_copy(update={"POLL_INTERVAL": min(settings.POLL_INTERVAL, 5.0)})
 
 

@@ -86,7 +86,7 @@ def port_held_open() -> Iterator[int]:
         yield int(holder.getsockname()[1])
 
 
-@pytest.mark.parametrize("command_name", ["run"])
+@pytest.mark.parametrize("command_name", ["run", "demo"])
 def test_a_busy_port_is_one_line_naming_port(
     tmp_path: Path, redis_server: RedisProcess, command_name: str
 ):
