@@ -13,11 +13,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from bot.app import HEALTH_KEYS, Runtime, Upstreams
 from bot.demo import stage_of
 from bot.events import Snapshot
 from bot.simulator import RunningSimulator
 from bot.store import Store
-from tests.conftest import RedisProcess, free_port, wait_for
+from tests.conftest import RedisProcess, free_port, serving, wait_for
+from tests.fake_slack import FakeSlack
+from tests.harness import settings_for
 
 INTAKE = "run-test-token"
 
@@ -278,3 +281,32 @@ def test_demo_with_partial_slack_settings_names_the_missing_one(tmp_path: Path):
     )
     assert result.returncode == 2
     assert "SLACK_APP_TOKEN" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_healthz_answers_the_same_keys_with_and_without_slack(
+    sim: RunningSimulator, fake: FakeSlack, redis_url: str
+):
+    answers = {}
+    for name, slack in {
+        "with Slack": {},
+        "without Slack": {"SLACK_BOT_TOKEN": None, "SLACK_SIGNING_SECRET": None},
+    }.items():
+        settings = settings_for(sim, fake, redis_url, **slack)
+        assert settings.slack_configured == (name == "with Slack")
+        up = Upstreams(redis_url, sim.url, sim.sim.appkey, sim.sim.access_token)
+        runtime = Runtime.build(settings, up)
+        loops = [asyncio.create_task(runtime.poller.run())]
+        if runtime.slack is not None:
+            loops.append(asyncio.create_task(runtime.slack.publisher.run()))
+        try:
+            async with serving(runtime.web_app()) as url:
+                await wait_for(lambda url=url: healthy(url))
+                async with httpx.AsyncClient(base_url=url) as http:
+                    answers[name] = (await http.get("/healthz")).json()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await runtime.aclose()
+    expected = dict.fromkeys(HEALTH_KEYS, True)
+    assert answers == {"with Slack": expected, "without Slack": expected}
