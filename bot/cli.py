@@ -97,7 +97,8 @@ async def _redis_for_cli(settings: Settings, *, socket_timeout: float = 5.0) -> 
     if settings.REDIS_URL is None and not await answers(url):
         raise SettingsError(
             "REDIS_URL: not set, and no embedded Redis is running under DATA_DIR"
-            f" ({settings.DATA_DIR}); start `ivh-approvals run` first or set REDIS_URL"
+            f" ({settings.DATA_DIR}); start `ivh-approvals run` or `demo` first, from the same"
+            " directory, or set REDIS_URL"
         )
     return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout)
 

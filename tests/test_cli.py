@@ -125,3 +125,18 @@ def test_simulate_on_a_busy_port_is_one_line_naming_it(tmp_path: Path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"--port: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
+
+
+def test_events_without_a_bot_running_says_what_to_start(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "events", "-f"],
+        env=bot_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "REDIS_URL" in result.stderr and "DATA_DIR" in result.stderr
+    assert "`ivh-approvals run` or `demo` first" in result.stderr
