@@ -44,6 +44,17 @@ HEALTH_KEYS = ("redis", "poller", "publisher")  # what /healthz answers, always 
 REDIS_POOL = 64  # connections per process; a burst beyond waits for a free one
 REDIS_WARM = 48  # opened at start: a replica's share of a burst of 100 clicks, and then some
 
+# The demo's poller reads every tracked task from its simulator, which makes up any id it is
+# asked about: it must not meet real tasks, in another Redis or in a `run`'s embedded one.
+DEMO_WITH_REDIS_URL = (
+    "configuration error: REDIS_URL: the demo keeps its simulated tasks in its own embedded"
+    " Redis (under DATA_DIR); unset REDIS_URL, else the demo would read that Redis's tasks"
+    " from the simulator"
+)
+DEMO_SHARED_DATA_DIR = (
+    "configuration error: DATA_DIR: another ivh-approvals process runs the embedded Redis under"
+    " {}; stop it, or give the demo another DATA_DIR"
+)
 MISSING_IVH_KEYS = (
     "configuration error: IVH_APPKEY, IVH_ACCESS_TOKEN: required by `run` (the IVH console's"
     " app key and access token); the built-in simulator is for `ivh-approvals demo` and"
@@ -72,6 +83,8 @@ async def upstreams(settings: Settings, *, simulator: bool = False) -> AsyncIter
             redis_url, server = await start_embedded(settings.DATA_DIR)
             if server is not None:
                 stack.callback(server.stop)
+            elif simulator:
+                raise SettingsError(DEMO_SHARED_DATA_DIR.format(settings.DATA_DIR))
         if not simulator:
             if not (settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN):
                 raise SettingsError(MISSING_IVH_KEYS)
@@ -299,6 +312,8 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
     it, IVH keys are required: `run` never quietly talks to a simulator.
     """
     if demo:
+        if settings.REDIS_URL is not None:
+            raise SettingsError(DEMO_WITH_REDIS_URL)
         settings = settings.model_copy(update={"IVH_APPKEY": None, "IVH_ACCESS_TOKEN": None})
     elif not settings.ivh_configured:
         raise SettingsError(MISSING_IVH_KEYS)

@@ -87,15 +87,12 @@ def port_held_open() -> Iterator[int]:
 
 
 @pytest.mark.parametrize("command_name", ["run", "demo"])
-def test_a_busy_port_is_one_line_naming_port(
-    tmp_path: Path, redis_server: RedisProcess, command_name: str
-):
+def test_a_busy_port_is_one_line_naming_port(tmp_path: Path, command_name: str):
     with port_held_open() as port:
         env = bot_env(
             tmp_path,
             HOST="127.0.0.1",
             PORT=str(port),
-            REDIS_URL=redis_server.url,
             IVH_APPKEY="appkey",
             IVH_ACCESS_TOKEN="token",
         )
@@ -110,6 +107,7 @@ def test_a_busy_port_is_one_line_naming_port(
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"PORT: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
+    assert not (tmp_path / "data").exists()  # checked before the embedded Redis starts
 
 
 def test_simulate_on_a_busy_port_is_one_line_naming_it(tmp_path: Path):

@@ -252,6 +252,46 @@ async def test_a_second_demo_starts_afresh_beside_the_first_ones_data(tmp_path: 
     assert "IVH does not know" not in text and "Traceback" not in text
 
 
+def test_the_demo_refuses_a_redis_url(tmp_path: Path, redis_server: RedisProcess):
+    """Its poller would read that Redis's real tasks from the simulator, which makes them up."""
+    env = bot_env(tmp_path, PORT=str(free_port()), REDIS_URL=redis_server.url)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "REDIS_URL" in result.stderr
+
+
+async def test_a_demo_does_not_join_the_embedded_redis_of_a_running_process(tmp_path: Path):
+    port = free_port()
+    env = bot_env(tmp_path, PORT=str(port))
+    process, _ = start_bot(tmp_path, env, "demo")
+    try:
+        await wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), within=30)
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bot.cli", "demo"],
+            env=env | {"PORT": str(free_port())},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        code = await stop(process)
+    assert code == 0
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("configuration error: DATA_DIR: another ivh-approvals process")
+    assert "Traceback" not in second.stderr
+
+
 @pytest.mark.parametrize(
     ("status", "stage", "stage_status", "round_", "told"),
     [
