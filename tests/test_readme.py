@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +39,10 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def fresh_shell_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(UNSET) and k not in UNSET_EXACT}
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -53,7 +58,7 @@ async def test_the_walkthrough_shows_the_demo_and_leaves_nothing_running(
     block = readme_block(WALKTHROUGH)
     assert "${SIM_PORT:-8900}" in block and "${PORT:-3000}" in block
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # "at the repository's root"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(UNSET) and k not in UNSET_EXACT}
+    env = fresh_shell_env()
     env |= {"SIM_PORT": str(free_port()), "PORT": str(free_port()), "TMPDIR": str(short_tmp)}
     errors = (tmp_path / "stderr.txt").open("wb")
     shell = await asyncio.create_subprocess_exec(
@@ -97,3 +102,40 @@ async def test_the_walkthrough_shows_the_demo_and_leaves_nothing_running(
         errors.close()
     log = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in log, log
+
+
+@pytest.mark.timeout(90)
+async def test_the_walkthrough_on_a_busy_port_says_so_and_cleans_up(
+    tmp_path: Path, short_tmp: Path
+):
+    """A refused server shows its error and the block stops, instead of waiting or hiding it."""
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = fresh_shell_env()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        env |= {"SIM_PORT": str(busy), "PORT": str(free_port()), "TMPDIR": str(short_tmp)}
+        shell = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            readme_block(WALKTHROUGH),
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, errors = await asyncio.wait_for(shell.communicate(), 60)
+        finally:
+            if group_alive(shell.pid):
+                os.killpg(shell.pid, signal.SIGKILL)
+    assert shell.returncode != 0
+    assert f"--port: cannot listen on 127.0.0.1:{busy}: already in use" in errors.decode()
+    deadline = time.monotonic() + 30
+    while group_alive(shell.pid):
+        assert time.monotonic() < deadline, "the block left processes running"
+        await asyncio.sleep(0.1)
+    assert os.listdir(short_tmp) == []
