@@ -22,19 +22,22 @@ from tests.test_run import bot_env
 @contextlib.contextmanager
 def command(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
     """`ivh-approvals ARGS` running in the background, its output read line by line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", *args],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / f"{args[0]}.log").open("w"),
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with (tmp_path / f"{args[0]}.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+            assert process.stdout is not None
+            process.stdout.close()
 
 
 async def next_line(process: subprocess.Popen[str], within: float = 20.0) -> str:
