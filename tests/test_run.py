@@ -213,6 +213,7 @@ async def test_demo_without_slack_says_where_to_watch_and_shows_its_progress(tmp
         finally:
             watcher.terminate()
             watcher.wait(timeout=15)
+            watcher.stdout.close()
         async with httpx.AsyncClient(base_url=url) as http:
             answer = await http.get(
                 f"/tasks/{task_id}", headers={"Authorization": f"Bearer {INTAKE}"}
