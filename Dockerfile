@@ -4,8 +4,14 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY handlers ./handlers
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 bot
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 bot \
+  && mkdir /data && chown bot:bot /data
 USER bot
+# The bot runs in a directory of its own (/app stays root's): DATA_DIR, `.data` unless set,
+# lands in /data/.data, where the embedded Redis keeps its files when REDIS_URL is unset.
+# A volume mounted on /data keeps them.
+WORKDIR /data
+VOLUME /data
 
 ENV HOST=0.0.0.0 PORT=3000
 EXPOSE 3000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,8 +22,9 @@ from slack_sdk.errors import SlackApiError
 import handlers
 from bot.aio import LoopCrashed
 from bot.approvers import Approvers
-from bot.config import Settings, SettingsError
+from bot.config import Settings, SettingsError, listen_error
 from bot.decisions import Decider
+from bot.demo import retire_earlier_demos, seed_demo, tell_progress, where_to_watch
 from bot.embedded import start_embedded
 from bot.hosts import HostPolicy
 from bot.ivh import IvhClient
@@ -38,32 +40,54 @@ from handlers.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
+HEALTH_KEYS = ("redis", "poller", "publisher")  # what /healthz answers, always all of them
 REDIS_POOL = 64  # connections per process; a burst beyond waits for a free one
 REDIS_WARM = 48  # opened at start: a replica's share of a burst of 100 clicks, and then some
+
+# The demo's poller reads every tracked task from its simulator, which makes up any id it is
+# asked about: it must not meet real tasks, in another Redis or in a `run`'s embedded one.
+DEMO_WITH_REDIS_URL = (
+    "configuration error: REDIS_URL: the demo keeps its simulated tasks in its own embedded"
+    " Redis (under DATA_DIR); unset REDIS_URL, else the demo would read that Redis's tasks"
+    " from the simulator"
+)
+DEMO_SHARED_DATA_DIR = (
+    "configuration error: DATA_DIR: another ivh-approvals process runs the embedded Redis under"
+    " {}; stop it, or give the demo another DATA_DIR"
+)
+MISSING_IVH_KEYS = (
+    "configuration error: IVH_APPKEY, IVH_ACCESS_TOKEN: required by `run` (the IVH console's"
+    " app key and access token); the built-in simulator is for `ivh-approvals demo` and"
+    " `ivh-approvals simulate`"
+)
 
 
 @dataclass(frozen=True)
 class Upstreams:
-    """Where Redis and IVH are: from the settings, or embedded stand-ins when unset."""
+    """Where Redis and IVH are: from the settings, or the embedded Redis and demo simulator."""
 
     redis_url: str
     ivh_base_url: str
     ivh_appkey: str
     ivh_access_token: str
-    simulator: Simulator | None = None  # the built-in one, when IVH keys are unset
+    simulator: Simulator | None = None  # the built-in one, in the demo only
 
 
 @contextlib.asynccontextmanager
-async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
-    """Start the embedded Redis and the IVH simulator where the settings leave them unset."""
+async def upstreams(settings: Settings, *, simulator: bool = False) -> AsyncIterator[Upstreams]:
+    """Start the embedded Redis when REDIS_URL is unset, and with `simulator` (the demo) the
+    built-in IVH simulator; else IVH is the one the settings name."""
     async with contextlib.AsyncExitStack() as stack:
         redis_url = settings.REDIS_URL
         if redis_url is None:
             redis_url, server = await start_embedded(settings.DATA_DIR)
             if server is not None:
                 stack.callback(server.stop)
-        if settings.ivh_configured:
-            assert settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN
+            elif simulator:
+                raise SettingsError(DEMO_SHARED_DATA_DIR.format(settings.DATA_DIR))
+        if not simulator:
+            if not (settings.IVH_APPKEY and settings.IVH_ACCESS_TOKEN):
+                raise SettingsError(MISSING_IVH_KEYS)
             yield Upstreams(
                 redis_url,
                 settings.IVH_BASE_URL,
@@ -75,8 +99,8 @@ async def upstreams(settings: Settings) -> AsyncIterator[Upstreams]:
         running = await start(sim)
         stack.push_async_callback(running.close)
         log.warning(
-            "IVH_APPKEY not set: using the built-in IVH simulator at %s (demo tasks only;"
-            " any task id you track is created there)",
+            "demo: using the built-in IVH simulator at %s (simulated tasks only; any task id"
+            " you track is created there)",
             running.url,
         )
         yield Upstreams(redis_url, running.url, sim.appkey, sim.access_token, sim)
@@ -204,14 +228,17 @@ class Runtime:
         return SlackSide(bolt, publisher, media, session, handoff)
 
     async def health(self) -> dict[str, bool]:
+        """/healthz: the same keys whatever is configured (HEALTH_KEYS, README).
+
+        A part that is not configured has nothing that can fail: without Slack no publisher
+        runs, and `publisher` is true.
+        """
         try:
             redis_ok = await asyncio.wait_for(self.store.ping(), timeout=2)
         except (RedisError, OSError, TimeoutError):
             redis_ok = False
-        checks = {"redis": redis_ok, "poller": self.poller.healthy}
-        if self.slack is not None:
-            checks["publisher"] = self.slack.publisher.running
-        return checks
+        publisher_ok = self.slack is None or self.slack.publisher.running
+        return {"redis": redis_ok, "poller": self.poller.healthy, "publisher": publisher_ok}
 
     def web_app(self) -> web.Application:
         app = make_web_app(
@@ -259,28 +286,54 @@ def _stop_if_crashed(task: asyncio.Task[None], stop: asyncio.Event, crashed: lis
         stop.set()
 
 
-DEMO_TITLE = "Demo avatar (simulated)"
+def check_port(host: str, port: int) -> None:
+    """Fail before anything starts when PORT is taken, instead of after Redis and IVH are up.
 
-
-async def seed_demo(store: Store, sim: Simulator) -> str:
-    """A simulated task that reaches CONFIRM in about 40 seconds, tracked for Slack."""
-    task = sim.create_task(audit_seconds=10, train_seconds=30)
-    await store.track(task.task_id, channel=None, title=DEMO_TITLE, tracked_by="demo")
-    return task.task_id
+    The server's own bind (below) still reports a port taken in between.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return  # the server's bind says what is wrong with HOST
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio's server does: a port left in TIME_WAIT is free, one listened on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise listen_error("PORT", host, port, error) from None
 
 
 async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) -> None:
     """Run the HTTP server, the poller and the publisher until `stop` is set.
 
-    With `demo`, IVH is always the built-in simulator and one demo task is seeded.
+    With `demo`, IVH is always the built-in simulator and one demo task is seeded; without
+    it, IVH keys are required: `run` never quietly talks to a simulator.
     """
     if demo:
+        if settings.REDIS_URL is not None:
+            raise SettingsError(DEMO_WITH_REDIS_URL)
         settings = settings.model_copy(update={"IVH_APPKEY": None, "IVH_ACCESS_TOKEN": None})
+    elif not settings.ivh_configured:
+        raise SettingsError(MISSING_IVH_KEYS)
+    check_port(settings.HOST, settings.PORT)
     if settings.INTAKE_TOKEN is None:
         log.warning("INTAKE_TOKEN not set: POST /tasks refuses every request")
-    if not settings.slack_configured:
+    if not settings.slack_configured and not demo:
         log.warning("SLACK_BOT_TOKEN not set: running the Tencent side only (no Slack messages)")
-    async with upstreams(settings) as up, contextlib.AsyncExitStack() as stack:
+    if settings.REDIS_URL is None and not demo:
+        log.warning(
+            "REDIS_URL not set: this process keeps its state in an embedded Redis under"
+            " DATA_DIR (%s); replicas of `run` need one shared Redis: set REDIS_URL to run more"
+            " than one",
+            settings.DATA_DIR,
+        )
+    async with upstreams(settings, simulator=demo) as up, contextlib.AsyncExitStack() as stack:
         runtime = Runtime.build(settings, up)
         stack.push_async_callback(runtime.aclose)
         try:
@@ -291,14 +344,24 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         runner = web.AppRunner(runtime.web_app(), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, settings.HOST, settings.PORT).start()
+        try:
+            await web.TCPSite(runner, settings.HOST, settings.PORT).start()
+        except OSError as error:
+            raise listen_error("PORT", settings.HOST, settings.PORT, error) from None
         log.info("listening on http://%s:%d", settings.HOST, settings.PORT)
+        demo_task = None
+        if demo and up.simulator is not None:
+            # Before the poller starts: it must not poll an earlier run's task even once.
+            retired = await retire_earlier_demos(runtime.store)
+            if retired:
+                log.info("demo: no longer polling earlier demo tasks %s", ", ".join(retired))
+            demo_task = await seed_demo(runtime.store, up.simulator)
         loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
             if settings.SLACK_APP_TOKEN is not None:
                 try:
-                    socket = await _socket_mode(
+                    socket_mode = await _socket_mode(
                         runtime.slack.bolt, settings.SLACK_APP_TOKEN.get_secret_value()
                     )
                 except SlackApiError as error:
@@ -307,18 +370,15 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
                         f"configuration error: SLACK_APP_TOKEN: Slack answered {code}"
                         " (an app-level token with connections:write is needed)"
                     ) from None
-                stack.push_async_callback(socket.aclose)
+                stack.push_async_callback(socket_mode.aclose)
         crashed: list[str] = []
         for loop in loops:
             loop.add_done_callback(lambda task: _stop_if_crashed(task, stop, crashed))
-        if demo and up.simulator is not None:
-            task_id = await seed_demo(runtime.store, up.simulator)
-            runtime.poller.wake()
-            log.warning(
-                "demo: tracking simulated task %s; its demo reaches Slack in about 40 s."
-                " Approve or Reject it there; after a Reject, round 2 follows 30 s later.",
-                task_id,
-            )
+        if demo_task is not None:
+            slack = runtime.slack is not None
+            log.warning("%s", where_to_watch(demo_task, slack=slack))
+            progress = tell_progress(runtime.store, demo_task, slack=slack, sim_url=up.ivh_base_url)
+            loops.append(asyncio.create_task(progress, name="demo progress"))
         await stop.wait()
         log.info("stopping")
         for loop in loops:

