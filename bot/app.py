@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
@@ -28,6 +28,7 @@ from bot.demo import retire_earlier_demos, seed_demo, tell_progress, where_to_wa
 from bot.embedded import start_embedded
 from bot.hosts import HostPolicy
 from bot.ivh import IvhClient
+from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
@@ -125,6 +126,8 @@ class Runtime:
     ivh: IvhClient
     poller: Poller
     slack: SlackSide | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    slack_accepted: bool | None = None  # auth.test at start: None until Slack answered
 
     @classmethod
     def build(cls, settings: Settings, up: Upstreams) -> Runtime:
@@ -141,7 +144,8 @@ class Runtime:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
         )
         redis = Redis(connection_pool=pool)
-        store = Store(redis)
+        store = Store(redis, audit_retention_days=settings.AUDIT_RETENTION_DAYS)
+        metrics = Metrics()
         limiter = RedisRateLimiter(redis, IVH_RATE, settings.IVH_MAX_QPS)
         ivh = IvhClient(
             up.ivh_base_url,
@@ -149,6 +153,7 @@ class Runtime:
             up.ivh_access_token,
             timeout=httpx.Timeout(settings.IVH_TIMEOUT, connect=min(5.0, settings.IVH_TIMEOUT)),
             limiter=limiter,
+            observe=metrics.ivh_answered,
         )
         schedule = Schedule(
             settings.POLL_INTERVAL, settings.POLL_SLOW_INTERVAL, settings.TRAIN_MIN_SECONDS
@@ -161,8 +166,9 @@ class Runtime:
             interval=settings.POLL_INTERVAL,
             max_qps=settings.IVH_MAX_QPS,
             schedule=schedule,
+            cycle=metrics.poll_cycle.observe,
         )
-        runtime = cls(settings, redis, store, ivh, poller)
+        runtime = cls(settings, redis, store, ivh, poller, metrics=metrics)
         if settings.SLACK_BOT_TOKEN is not None:
             video_hosts = settings.video_hosts
             if up.simulator is not None:
@@ -178,9 +184,11 @@ class Runtime:
         settings = self.settings
         # One keep-alive session for all Slack calls; aiohttp needs the running loop here.
         session = aiohttp.ClientSession()
-        client = make_client(token, settings.SLACK_API_URL, session=session)
+        client = make_client(
+            token, settings.SLACK_API_URL, session=session, on_error=self.metrics.slack_failed
+        )
         pace = ChannelPace(self.redis, settings.SLACK_POSTS_PER_SECOND)
-        thread = Thread(self.store, client, settings.SLACK_CHANNEL, pace)
+        thread = Thread(self.store, client, settings.SLACK_CHANNEL, pace, self.metrics)
         approvers = Approvers(settings.APPROVERS, settings.APPROVER_GROUP, client)
         if approvers.anyone:
             log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
@@ -240,11 +248,43 @@ class Runtime:
         publisher_ok = self.slack is None or self.slack.publisher.running
         return {"redis": redis_ok, "poller": self.poller.healthy, "publisher": publisher_ok}
 
+    async def readiness(self) -> dict[str, bool]:
+        """/readyz, for orchestrators: Redis answers, the loops have started, and Slack took
+        the bot token (asked once, at start or on the first look after a failure)."""
+        health = await self.health()
+        return {
+            "redis": health["redis"],
+            "loops": health["poller"] and health["publisher"],
+            "slack": await self.slack_credentials_accepted(),
+        }
+
+    async def slack_credentials_accepted(self) -> bool:
+        """Whether Slack accepted SLACK_BOT_TOKEN (auth.test); true without Slack."""
+        if self.slack is None or self.slack_accepted:
+            return True
+        try:
+            async with asyncio.timeout(3):
+                await self.slack.bolt.client.auth_test()
+        except SlackApiError as error:
+            log.error("Slack refused SLACK_BOT_TOKEN: %s", error.response.get("error"))
+            self.slack_accepted = False
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            log.warning("Slack did not answer auth.test (%s)", error or "timeout")
+            return False
+        self.slack_accepted = True
+        return True
+
+    async def render_metrics(self) -> bytes:
+        return await self.metrics.render(self.store, self.ivh.circuit)
+
     def web_app(self) -> web.Application:
         app = make_web_app(
             self.store,
             intake_token=self.settings.INTAKE_TOKEN,
             health=self.health,
+            ready=self.readiness,
+            render_metrics=self.render_metrics,
             on_track=self.poller.wake,
         )
         secret = self.settings.SLACK_SIGNING_SECRET
@@ -341,6 +381,11 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
                 await runtime.store.open_connections(REDIS_WARM)
         except (RedisError, TimeoutError) as error:
             log.warning("Redis unavailable at start (%s); the loops wait for it", error or "slow")
+        if not await runtime.slack_credentials_accepted() and runtime.slack_accepted is False:
+            raise SettingsError(
+                "configuration error: SLACK_BOT_TOKEN: Slack refused it (see the line above);"
+                " copy the Bot User OAuth Token (xoxb-…) again"
+            )
         runner = web.AppRunner(runtime.web_app(), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

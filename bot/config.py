@@ -85,11 +85,18 @@ class Settings(BaseSettings):
     PORT: int = Field(default=3000, ge=1, le=65_535)
     HOST: str = "0.0.0.0"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=1, le=36_500)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("APPROVERS", mode="before")
     @classmethod

@@ -104,6 +104,10 @@ def error_for_code(code: int, message: str, request_id: str) -> IvhError:
 # --- the client ----------------------------------------------------------------------------
 
 
+# Told of every answer (or failure): the action, Header.Code (None: no valid answer), seconds.
+Observer = Callable[[str, int | None, float], None]
+
+
 class Limiter(Protocol):
     async def acquire(self, *, priority: bool = False) -> None: ...
 
@@ -143,6 +147,7 @@ class IvhClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
         circuit: Circuit | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self._appkey = appkey
         self._access_token = access_token
@@ -150,6 +155,7 @@ class IvhClient:
         self._limiter: Limiter = limiter or _NoLimit()
         self._clock = clock
         self._circuit = circuit or Circuit("IVH")
+        self._observe = observe
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + ACTION_PATH,
             timeout=timeout,
@@ -216,9 +222,11 @@ class IvhClient:
                 transient=True,
             )
         await self._limiter.acquire(priority=confirm)  # a user waits for a confirmation
+        started = time.monotonic()
         try:
             answer = await self._send(action, payload, request_id, confirm=confirm)
         except IvhError as error:
+            self._told(action, error.code, started)
             if error.transient:
                 self._circuit.failed()
             else:
@@ -227,8 +235,17 @@ class IvhClient:
         except BaseException:
             self._circuit.abandoned()  # cancelled or a bug: no verdict on IVH
             raise
+        self._told(action, 0, started)
         self._circuit.succeeded()
         return answer
+
+    @property
+    def circuit(self) -> Circuit:
+        return self._circuit
+
+    def _told(self, action: str, code: int | None, started: float) -> None:
+        if self._observe is not None:
+            self._observe(action, code, time.monotonic() - started)
 
     async def _send(
         self, action: str, payload: dict[str, Any], request_id: str, *, confirm: bool

@@ -39,6 +39,7 @@ class Poller:
         schedule: Schedule | None = None,
         lease: float = 120.0,
         clock: Callable[[], float] = time.time,
+        cycle: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
         self._ivh = ivh
@@ -46,6 +47,7 @@ class Poller:
         self._schedule = schedule or Schedule(interval)
         self._lease = lease
         self._clock = clock
+        self._cycle = cycle  # told the seconds between two reads of a task
         # Enough requests in flight to fill the budget at about a second of latency, and no
         # more: claimed tasks beyond that would only sit on their lease (and the Redis pool).
         self._concurrency = max(4, min(64, math.ceil(max_qps * 1.5)))
@@ -168,6 +170,8 @@ class Poller:
             log.warning("poll %s failed (%d in a row): %s", task_id, failures, error)
             return
         now = self._clock()
+        if self._cycle is not None and record.polled_at is not None:
+            self._cycle(now - record.polled_at)
         snapshot = snapshot_of(progress, record.snapshot)
         events = build_events(task_id, record.snapshot, snapshot, now)
         same_stage = record.snapshot is not None and (

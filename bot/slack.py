@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
@@ -53,24 +56,79 @@ class ChannelPace:
         await limiter.acquire()
 
 
+# Told of every Slack API error: the method and Slack's error ("ratelimited" for a 429).
+ErrorObserver = Callable[[str, str], None]
+
+
+class _CountedRateLimits(AsyncRateLimitErrorRetryHandler):
+    """slack_sdk's 429 handling (wait Retry-After, try again), with each 429 told."""
+
+    def __init__(self, on_error: ErrorObserver, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self._on_error = on_error
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        limited = await super()._can_retry_async(
+            state=state, request=request, response=response, error=error
+        )
+        if response is not None and response.status_code == 429:
+            self._on_error(request.url.rsplit("/", 1)[-1], "ratelimited")
+        return limited
+
+
+class _CountingClient(AsyncWebClient):
+    """An AsyncWebClient that tells every error Slack answers."""
+
+    def __init__(self, *, on_error: ErrorObserver, **options: Any) -> None:
+        super().__init__(**options)
+        self._on_error = on_error
+
+    async def api_call(self, api_method: str, **options: Any) -> AsyncSlackResponse:
+        try:
+            return await super().api_call(api_method, **options)
+        except SlackApiError as error:
+            self._on_error(api_method, slack_error(error))
+            raise
+
+
 def make_client(
-    token: str, base_url: str, timeout: int = 30, session: aiohttp.ClientSession | None = None
+    token: str,
+    base_url: str,
+    timeout: int = 30,
+    session: aiohttp.ClientSession | None = None,
+    on_error: ErrorObserver | None = None,
 ) -> AsyncWebClient:
     """Every Slack call goes through this client: it waits out 429s and retries 5xx.
 
     Give it a `session` (its owner closes it) to keep connections alive between calls;
-    without one, slack_sdk opens a new connection for every call."""
-    return AsyncWebClient(
-        token=token,
-        base_url=base_url,
-        timeout=timeout,
-        session=session,
-        retry_handlers=[
+    without one, slack_sdk opens a new connection for every call. `on_error` is told of each
+    error Slack answers, 429s included (the metrics)."""
+    rate_limits = (
+        AsyncRateLimitErrorRetryHandler(max_retry_count=10)
+        if on_error is None
+        else _CountedRateLimits(on_error, max_retry_count=10)
+    )
+    options: dict[str, Any] = {
+        "token": token,
+        "base_url": base_url,
+        "timeout": timeout,
+        "session": session,
+        "retry_handlers": [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=10),
+            rate_limits,
             AsyncServerErrorRetryHandler(max_retry_count=3),
         ],
-    )
+    }
+    if on_error is None:
+        return AsyncWebClient(**options)
+    return _CountingClient(on_error=on_error, **options)
 
 
 def slack_error(error: SlackApiError) -> str:

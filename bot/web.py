@@ -1,4 +1,5 @@
-"""The HTTP surface: /tasks (intake), /healthz, and Slack's Request URL when in HTTP mode."""
+"""The HTTP surface: /tasks (intake), /healthz, /readyz, /metrics, and Slack's Request URL
+when in HTTP mode."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 INTAKE_TOKEN: web.AppKey[SecretStr | None] = web.AppKey("intake_token")
 HEALTH: web.AppKey[Callable[[], Awaitable[dict[str, bool]]]] = web.AppKey("health")
 ON_TRACK: web.AppKey[Callable[[], None]] = web.AppKey("on_track")
+READY: web.AppKey[Callable[[], Awaitable[dict[str, bool]]]] = web.AppKey("ready")
+METRICS: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("metrics")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -109,6 +113,17 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(checks, status=200 if all(checks.values()) else 503)
 
 
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[READY]()
+    return web.json_response(checks, status=200 if all(checks.values()) else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format. Unauthenticated, like /healthz: counts, no task data."""
+    body = await request.app[METRICS]()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def add_slack_route(app: web.Application, bolt: AsyncApp, signing_secret: str) -> None:
     """Slack's one Request URL (HTTP mode): events, commands and interactivity."""
     verifier = SignatureVerifier(signing_secret)
@@ -144,6 +159,8 @@ def make_web_app(
     *,
     intake_token: SecretStr | None,
     health: Callable[[], Awaitable[dict[str, bool]]],
+    ready: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+    render_metrics: Callable[[], Awaitable[bytes]] | None = None,
     on_track: Callable[[], None] = lambda: None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_SLACK_BODY, middlewares=[redis_unavailable])
@@ -151,7 +168,12 @@ def make_web_app(
     app[INTAKE_TOKEN] = intake_token
     app[HEALTH] = health
     app[ON_TRACK] = on_track
+    app[READY] = ready or health
     app.router.add_post("/tasks", post_task)
     app.router.add_get("/tasks/{task_id}", get_task)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if render_metrics is not None:
+        app[METRICS] = render_metrics
+        app.router.add_get("/metrics", metrics)
     return app

@@ -1,0 +1,84 @@
+"""For the people running it: /metrics, /readyz, the audit trail."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import wait_for
+from tests.harness import Bot, run_bot
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics answer, by name and labels (parsed by prometheus-client)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(bot: Bot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = await bot.http.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return samples(answer.text)
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_polls_decisions_slack_errors_and_stages(bot: Bot):
+    task = bot.sim.sim.create_task(deliver_seconds=3600)
+    bot.fake.fail("chat.postMessage", status=429, retry_after=0)  # waited out and retried
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    waiting = await scrape(bot)
+    assert value(waiting, "ivh_approvals_tasks", stage="CONFIRM", status="WAIT_PROCESS") == 1
+    polls = value(waiting, "ivh_approvals_ivh_requests_total", action="getprogress", code="0")
+    assert polls >= 1
+    assert (
+        value(
+            waiting,
+            "ivh_approvals_slack_api_errors_total",
+            method="chat.postMessage",
+            error="ratelimited",
+        )
+        == 1
+    )
+    assert value(waiting, "ivh_approvals_ivh_circuit_open") == 0
+    assert ("ivh_approvals_events_lag", ()) in waiting
+
+    value_ = json.dumps({"task": task.task_id, "round": 1}, separators=(",", ":"))
+    await bot.click("approve", value_)
+
+    async def delivering() -> bool:
+        found = await scrape(bot)
+        return value(found, "ivh_approvals_tasks", stage="CONFIRM", status="PROCESSING") == 1
+
+    await wait_for(delivering)
+    found = await scrape(bot)
+    assert value(found, "ivh_approvals_tasks", stage="CONFIRM", status="WAIT_PROCESS") == 0
+    assert value(found, "ivh_approvals_decisions_total", operate="AGREE", source="slack") == 1
+    assert value(found, "ivh_approvals_decision_seconds_count") == 1
+    confirms = value(found, "ivh_approvals_ivh_requests_total", action="customerconfirm", code="0")
+    assert confirms == 1
+    assert value(found, "ivh_approvals_ivh_request_seconds_count", action="customerconfirm") == 1
+    assert value(found, "ivh_approvals_poll_cycle_seconds_count") >= 1
+    assert record.slack_ts
+
+
+async def test_readyz_says_ready_and_healthz_stays_liveness(bot: Bot):
+    ready = await bot.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"redis": True, "loops": True, "slack": True}
+
+
+async def test_readyz_is_not_ready_while_slack_refuses_the_token(sim, fake, redis_url):
+    async with run_bot(sim, fake, redis_url, SLACK_BOT_TOKEN="xoxb-revoked") as bot:
+        ready = await bot.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["slack"] is False
+        assert (await bot.http.get("/healthz")).status_code == 200  # alive all the same
