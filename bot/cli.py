@@ -14,25 +14,11 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bot import redact
 from bot.aio import LoopCrashed
 from bot.config import Settings, SettingsError, listen_error, load_settings
+from bot.logs import setup_logging
 
 log = logging.getLogger("ivh_approvals")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs each request URL at INFO, and an IVH URL carries a signature that is a
-    # valid credential for minutes: keep it out of the logs, and redact any that a library
-    # quotes in a message or a traceback.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    redact.install()
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -221,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
-    _setup_logging(settings.LOG_LEVEL)
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     try:
         if args.command == "run":
             asyncio.run(_run(settings))

@@ -19,6 +19,7 @@ import httpx
 from pydantic import ValidationError
 
 from bot.circuit import Circuit
+from bot.logs import log_context
 from bot.model import REASON_MAX, Operate, Progress, strict_json
 from bot.redact import redact
 from bot.transport import AiohttpTransport
@@ -224,7 +225,8 @@ class IvhClient:
         await self._limiter.acquire(priority=confirm)  # a user waits for a confirmation
         started = time.monotonic()
         try:
-            answer = await self._send(action, payload, request_id, confirm=confirm)
+            with log_context(request_id=request_id):
+                answer = await self._send(action, payload, request_id, confirm=confirm)
         except IvhError as error:
             self._told(action, error.code, started)
             if error.transient:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from bot.aio import stop_if_cancelled
 from bot.events import build_events, snapshot_of
 from bot.ivh import IvhClient, IvhError
+from bot.logs import log_context
 from bot.model import TaskState
 from bot.schedule import Schedule
 from bot.store import Store
@@ -139,7 +140,8 @@ class Poller:
     async def poll(self, task_id: str) -> None:
         """One poll of one task. Errors stay with this task; the others go on."""
         try:
-            await self._poll(task_id)
+            with log_context(task_id=task_id):
+                await self._poll(task_id)
         except asyncio.CancelledError:
             raise
         except RedisError as error:

@@ -20,6 +20,7 @@ from bot.aio import stop_if_cancelled
 from bot.decisions import decision_from
 from bot.events import operate_that_left
 from bot.hosts import HostPolicy
+from bot.logs import log_context
 from bot.model import Claim, Decision, Event, EventType, TaskRecord, Upload
 from bot.slack import Busy, Thread, slack_error, slack_explanation
 from bot.store import Store
@@ -245,7 +246,8 @@ class Publisher:
 
     async def _process(self, entry_id: str, event: Event) -> None:
         try:
-            await self.handle(entry_id, event)
+            with log_context(task_id=event.task_id, round=event.round):
+                await self.handle(entry_id, event)
         except (RetryLater, Busy) as reason:
             log.info("event %s for task %s: %s; later", entry_id, event.task_id, reason)
             return

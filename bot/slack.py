@@ -22,6 +22,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 
 from bot import messages
+from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.model import Decision, TaskRecord, is_channel_id
 from bot.ratelimit import RedisRateLimiter
@@ -83,18 +84,21 @@ class _CountedRateLimits(AsyncRateLimitErrorRetryHandler):
         return limited
 
 
-class _CountingClient(AsyncWebClient):
-    """An AsyncWebClient that tells every error Slack answers."""
+class _Client(AsyncWebClient):
+    """An AsyncWebClient whose calls name their method in the log context, and that tells
+    every error Slack answers."""
 
-    def __init__(self, *, on_error: ErrorObserver, **options: Any) -> None:
+    def __init__(self, *, on_error: ErrorObserver | None, **options: Any) -> None:
         super().__init__(**options)
         self._on_error = on_error
 
     async def api_call(self, api_method: str, **options: Any) -> AsyncSlackResponse:
         try:
-            return await super().api_call(api_method, **options)
+            with log_context(slack_method=api_method):
+                return await super().api_call(api_method, **options)
         except SlackApiError as error:
-            self._on_error(api_method, slack_error(error))
+            if self._on_error is not None:
+                self._on_error(api_method, slack_error(error))
             raise
 
 
@@ -126,9 +130,7 @@ def make_client(
             AsyncServerErrorRetryHandler(max_retry_count=3),
         ],
     }
-    if on_error is None:
-        return AsyncWebClient(**options)
-    return _CountingClient(on_error=on_error, **options)
+    return _Client(on_error=on_error, **options)
 
 
 def slack_error(error: SlackApiError) -> str:

@@ -82,3 +82,41 @@ async def test_readyz_is_not_ready_while_slack_refuses_the_token(sim, fake, redi
         assert ready.status_code == 503
         assert ready.json()["slack"] is False
         assert (await bot.http.get("/healthz")).status_code == 200  # alive all the same
+
+
+LOGGING_PROBE = """
+import logging
+from bot.logs import log_context, setup_logging
+setup_logging("INFO", "json")
+url = "https://gw.tvs.qq.com/v2/x?appkey=k&timestamp=1&signature=SECRET%2B%3D"
+with log_context(task_id="1212_1_w", round=2, request_id="ivh-approvals-r1"):
+    logging.getLogger("bot.poller").warning("poll failed: %s", url)
+    try:
+        raise RuntimeError("boom " + url)
+    except RuntimeError:
+        logging.getLogger("bot.publisher").exception("event failed")
+with log_context(slack_method="chat.postMessage"):
+    logging.getLogger("slack_sdk").error("refused")
+logging.getLogger("httpx").info("HTTP Request: POST " + url)
+"""
+
+
+def test_json_logs_are_one_object_a_line_with_context_and_no_signature():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOGGING_PROBE], capture_output=True, text=True, check=True
+    )
+    assert "SECRET" not in done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(lines) == 3  # httpx's request line stays out at INFO
+    polled, failed, slack = lines
+    assert polled["level"] == "WARNING" and polled["logger"] == "bot.poller"
+    assert (polled["task_id"], polled["round"], polled["request_id"]) == (
+        "1212_1_w",
+        2,
+        "ivh-approvals-r1",
+    )
+    assert "RuntimeError" in failed["exception"]
+    assert slack["slack_method"] == "chat.postMessage" and "task_id" not in slack
