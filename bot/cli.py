@@ -112,6 +112,19 @@ async def _track(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check(settings: Settings) -> int:
+    from bot.check import run_checks
+    from bot.embedded import answers, embedded_url
+
+    url = settings.REDIS_URL
+    if url is None and await answers(embedded_url(settings.DATA_DIR)):
+        url = embedded_url(settings.DATA_DIR)
+    results = await run_checks(settings, url)
+    for result in results:
+        print(result.line(), flush=True)
+    return 0 if all(result.ok for result in results) else 1
+
+
 async def _events(settings: Settings, args: argparse.Namespace) -> int:
     from bot.store import Store
 
@@ -184,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--socket", action="store_true", help="Socket Mode (the default)")
     mode.add_argument("--http", metavar="URL", help="HTTP mode: the public .../slack/events URL")
 
+    sub.add_parser(
+        "check",
+        help="check the settings, Slack, the channels, IVH and Redis; exit 0 only if all pass",
+    )
+
     events = sub.add_parser("events", help="print the events stream")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     return parser
@@ -219,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_track(settings, args))
         elif args.command == "events":
             return asyncio.run(_events(settings, args))
+        elif args.command == "check":
+            return asyncio.run(_check(settings))
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
+from bot.manifest import BOT_SCOPES
+
 Args = dict[str, Any]
 # slack_sdk form-encodes these as JSON strings (params, or data= with files); Slack decodes them.
 JSON_FIELDS = ("files", "blocks", "attachments", "view", "metadata")
@@ -125,6 +127,7 @@ class FakeSlack:
         self.token = token
         self.app_token = app_token  # the app-level token apps.connections.open accepts
         self.strict_channels = strict_channels
+        self.scopes = list(BOT_SCOPES)  # what the bot token was granted: the manifest's
         self.team_id, self.bot_user_id, self.bot_id = "T0TEST", "U0BOT", "B0BOT"
         self.url = ""
         self.api_url = ""
@@ -358,7 +361,9 @@ class FakeSlack:
                 if token != (self.app_token if app_level else self.token):
                     raise SlackError("invalid_auth")
                 check_payload(method, args)
-                return web.json_response({"ok": True, **handler(args)})
+                # Slack tells a bot token's scopes on every answer (auth.test included).
+                scopes = {"X-OAuth-Scopes": ",".join(self.scopes)}
+                return web.json_response({"ok": True, **handler(args)}, headers=scopes)
             except SlackError as e:
                 call.error = e.error
                 body: Args = {"ok": False, "error": e.error}

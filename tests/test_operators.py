@@ -120,3 +120,60 @@ def test_json_logs_are_one_object_a_line_with_context_and_no_signature():
     )
     assert "RuntimeError" in failed["exception"]
     assert slack["slack_method"] == "chat.postMessage" and "task_id" not in slack
+
+
+async def run_check(tmp_path, env: dict[str, str]) -> tuple[int, list[str]]:
+    """`ivh-approvals check` as a user runs it, while this loop serves the fakes."""
+    import asyncio
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "check",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode().splitlines() or err.decode().splitlines()
+
+
+def check_env(tmp_path, sim, fake, redis_url: str, **extra: str) -> dict[str, str]:
+    from tests.test_run import bot_env
+
+    settings = {
+        "SLACK_BOT_TOKEN": fake.token,
+        "SLACK_API_URL": fake.api_url,
+        "SLACK_CHANNEL": "C0DEMO",
+        "SLACK_SIGNING_SECRET": "check-signing-secret",
+        "IVH_BASE_URL": sim.url,
+        "IVH_APPKEY": sim.sim.appkey,
+        "IVH_ACCESS_TOKEN": sim.sim.access_token,
+        "REDIS_URL": redis_url,
+    }
+    return bot_env(tmp_path, **(settings | extra))
+
+
+async def test_check_passes_on_a_working_deployment(tmp_path, sim, fake, redis_url):
+    code, lines = await run_check(tmp_path, check_env(tmp_path, sim, fake, redis_url))
+    assert code == 0, lines
+    names = [line.split(":", 1)[0].split(maxsplit=1)[1] for line in lines]
+    assert names == ["settings", "slack", "channel C0DEMO", "ivh", "redis"]
+    assert all(line.startswith("ok") for line in lines)
+    assert "code 110006" in lines[3] and "append-only file on" in lines[4]
+
+
+async def test_check_names_each_problem_and_fails(tmp_path, sim, fake, redis_url):
+    fake.scopes.remove("files:write")
+    env = check_env(tmp_path, sim, fake, redis_url, IVH_ACCESS_TOKEN="wrong-token")
+    code, lines = await run_check(tmp_path, env)
+    assert code == 1
+    slack = next(line for line in lines if " slack:" in line)
+    assert slack.startswith("FAIL") and "lacks files:write" in slack
+    ivh = next(line for line in lines if " ivh:" in line)
+    assert ivh.startswith("FAIL") and "100005" in ivh
+    assert next(line for line in lines if " redis:" in line).startswith("ok")
