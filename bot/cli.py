@@ -112,6 +112,28 @@ async def _track(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.audit import csv_rows, jsonl, parse_when
+    from bot.store import Store
+
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    redis = await _redis_for_cli(settings)
+    try:
+        entries = [entry async for entry in Store(redis).audit(since, until)]
+    finally:
+        await redis.aclose()
+    write = csv_rows if args.format == "csv" else jsonl
+    for text in write(entries):
+        sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
 async def _check(settings: Settings) -> int:
     from bot.check import run_checks
     from bot.embedded import answers, embedded_url
@@ -197,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--socket", action="store_true", help="Socket Mode (the default)")
     mode.add_argument("--http", metavar="URL", help="HTTP mode: the public .../slack/events URL")
 
+    audit = sub.add_parser("audit", help="the audit trail of events and decisions")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    export = audit_sub.add_parser("export", help="write the audit trail to stdout")
+    export.add_argument("--since", metavar="DATE", help="from this date or time (UTC)")
+    export.add_argument("--until", metavar="DATE", help="up to this date or time (UTC)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+
     sub.add_parser(
         "check",
         help="check the settings, Slack, the channels, IVH and Redis; exit 0 only if all pass",
@@ -239,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_events(settings, args))
         elif args.command == "check":
             return asyncio.run(_check(settings))
+        elif args.command == "audit":
+            return asyncio.run(_audit_export(settings, args))
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2

@@ -402,6 +402,7 @@ def help_text() -> str:
     return (
         "*/ivh track &lt;TaskId&gt; [#channel] [title]* — watch a task; its demo comes here.\n"
         "*/ivh status &lt;TaskId&gt;* — where a task stands.\n"
+        "*/ivh stats [days]* — decisions of the last days (30): how many, how fast, why not.\n"
         "*/ivh help* — this help."
     )
 

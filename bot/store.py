@@ -189,7 +189,7 @@ for _, raw in ipairs(new.events) do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', new.events_maxlen, '*',
              'type', event['type'], 'task_id', event['task_id'], 'event', raw)
   redis.call('RPUSH', KEYS[3], raw)
-  redis.call('XADD', KEYS[6], 'MINID', '~', new.audit_minid, '*',
+  redis.call('XADD', KEYS[6], 'MINID', new.audit_minid, '*',
              'kind', 'event', 'task_id', event['task_id'], 'record', raw)
   if event['type'] == 'awaiting_confirmation' or event['type'] == 'round_changed' then
     redis.call('HSETNX', KEYS[7], tostring(event['round']), new.polled_at)
@@ -207,7 +207,7 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -HISTORY_MAX, -1)
 local ready = redis.call('HGET', KEYS[4], ARGV[1]) or ''
-redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[5], '*', 'kind', 'decision',
+redis.call('XADD', KEYS[3], 'MINID', ARGV[5], '*', 'kind', 'decision',
            'task_id', ARGV[4], 'record', ARGV[2], 'ready_at', ready)
 return ready
 """.replace("HISTORY_MAX", str(HISTORY_MAX))

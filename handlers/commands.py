@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
-from bot import messages
+from bot import audit, messages
 from bot.intake import TrackRequest, describe_errors, track_task
 from bot.store import Store
 from handlers.guard import guarded
@@ -42,6 +44,8 @@ def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> No
             await ack(text=await _track(store, on_track, words[1:], command))
         elif verb == "status" and len(words) == 2:
             await ack(text=await _status(store, words[1]))
+        elif verb == "stats" and len(words) <= 2:
+            await ack(text=await _stats(store, words[1] if len(words) == 2 else ""))
         else:
             await ack(text=messages.help_text())
 
@@ -83,3 +87,21 @@ async def _status(store: Store, task_id: str) -> str:
         warning = messages.clip(messages.escape(record.error), 1000)
         return messages.status_text(view, record.slack_permalink) + f"\n⚠️ {warning}"
     return messages.status_text(view, record.slack_permalink)
+
+
+STATS_DAYS = 30
+STATS_TIME = 2.0  # seconds the answer may take: it is the ack, within Slack's three
+
+
+async def _stats(store: Store, days_text: str) -> str:
+    """`/ivh stats [DAYS]`: decisions of the last DAYS (30), from the audit trail."""
+    days = int(days_text) if days_text.isdigit() else STATS_DAYS
+    if not 1 <= days <= 3650:
+        return "Say how many days, from 1 to 3650: `/ivh stats 30`."
+    since = time.time() - days * 86400
+    try:
+        async with asyncio.timeout(STATS_TIME):
+            entries = [entry async for entry in store.audit(since=since)]
+    except TimeoutError:
+        return f"The last {days} days are too many to count in time; try fewer."
+    return audit.stats_text(audit.stats(entries, days))

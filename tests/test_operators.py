@@ -177,3 +177,97 @@ async def test_check_names_each_problem_and_fails(tmp_path, sim, fake, redis_url
     ivh = next(line for line in lines if " ivh:" in line)
     assert ivh.startswith("FAIL") and "100005" in ivh
     assert next(line for line in lines if " redis:" in line).startswith("ok")
+
+
+# --- the audit trail ---------------------------------------------------------------------------
+
+
+async def decided_twice(bot: Bot) -> str:
+    """A task rejected in round 1 and approved in round 2, from Slack."""
+    from tests.test_slack_flow import button_values
+
+    task = bot.sim.sim.create_task(deliver_seconds=3600)
+    await bot.track(task.task_id, title="Anna")
+    record = await bot.posted(task.task_id)
+    await bot.click("reject", button_values(bot.parent(record))["reject"])
+    views = await bot.fake.wait_for("views.open")
+    metadata = views[-1].args["view"]["private_metadata"]
+    await bot.submit_reason(metadata, "lips out of sync")
+
+    async def round_two() -> bool:
+        loaded = await bot.store.view(task.task_id)
+        return bool(loaded and loaded.view.round == 2 and loaded.view.phase == "pending")
+
+    await wait_for(round_two)
+    await bot.posted(task.task_id)
+    value_ = json.dumps({"task": task.task_id, "round": 2}, separators=(",", ":"))
+    await bot.click("approve", value_, user="U0BOB")
+
+    async def approved() -> bool:
+        return await bot.store.decision(task.task_id, 2) is not None
+
+    await wait_for(approved)
+    return task.task_id
+
+
+async def test_the_audit_trail_exports_events_and_decisions(bot: Bot, tmp_path, redis_url):
+    import asyncio
+    import csv
+    import io
+    import sys
+
+    from tests.test_run import bot_env
+
+    task_id = await decided_twice(bot)
+
+    async def export(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "audit", "export", *args,
+            env=bot_env(tmp_path, REDIS_URL=redis_url), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    entries = [json.loads(line) for line in (await export()).splitlines()]
+    mine = [e for e in entries if e["task_id"] == task_id]
+    kinds = [(e["kind"], e.get("type") or e.get("operate")) for e in mine]
+    assert ("event", "awaiting_confirmation") in kinds and ("event", "round_changed") in kinds
+    decisions = [e for e in mine if e["kind"] == "decision"]
+    assert [(d["round"], d["operate"], d["user"]) for d in decisions] == [
+        (1, "REJECT", "U0ALICE"),
+        (2, "AGREE", "U0BOB"),
+    ]
+    assert decisions[0]["reason"] == "lips out of sync" and decisions[0]["request_id"]
+    assert all(d["ready_at"] <= d["at"] for d in decisions)
+
+    rows = list(csv.DictReader(io.StringIO(await export("--format", "csv"))))
+    assert [r["operate"] for r in rows if r["kind"] == "decision"] == ["REJECT", "AGREE"]
+    assert rows[0]["at"].endswith("Z")
+    assert list(csv.DictReader(io.StringIO(await export("--since", "2999-01-01")))) == []
+
+
+async def test_ivh_stats_counts_rounds_first_pass_and_reasons(bot: Bot):
+    await decided_twice(bot)
+    answer = await bot.command("stats 7")
+    text = answer.text
+    assert "Last 7 days" in text and "Rounds decided: 2" in text
+    assert "Approved at the first round: 0%" in text
+    assert "uncategorized (1)" in text
+
+
+async def test_the_audit_trail_keeps_its_retention(store):
+    import time
+
+    from bot.model import Decision
+    from bot.store import AUDIT_STREAM, Store
+
+    short = Store(store.redis, audit_retention_days=1)
+    three_days_ago = f"{int((time.time() - 3 * 86400) * 1000)}-0"
+    await store.redis.xadd(
+        AUDIT_STREAM, {"kind": "decision", "task_id": "t-old"}, id=three_days_ago
+    )
+    decision = Decision(round=1, operate="AGREE", user="U0A", at=time.time())
+    await short.save_decision("t-new", decision)  # appending trims what is over a day old
+    assert [entry["task_id"] async for entry in short.audit()] == ["t-new"]
