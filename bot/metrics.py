@@ -6,7 +6,14 @@ replicas in one test process keep their own counts.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bot.circuit import Circuit
@@ -23,6 +30,7 @@ class Metrics:
     """Every metric the bot exports, named `ivh_approvals_*`."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: a scrape stays short
         self.registry = CollectorRegistry()
         r = self.registry
         self.tasks = Gauge(
