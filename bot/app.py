@@ -32,6 +32,7 @@ from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
+from bot.reminders import Policy, Reminders, mentions
 from bot.schedule import Schedule
 from bot.simulator import Simulator, start
 from bot.slack import ChannelPace, Thread, make_client
@@ -114,6 +115,7 @@ class SlackSide:
     media: httpx.AsyncClient
     session: aiohttp.ClientSession  # every Slack call's keep-alive connections
     handoff: Handoff  # work started after acks
+    reminders: Reminders
 
 
 @dataclass
@@ -233,7 +235,20 @@ class Runtime:
             on_track=self.poller.wake,
             handoff=handoff,
         )
-        return SlackSide(bolt, publisher, media, session, handoff)
+        reminders = Reminders(
+            self.store,
+            thread,
+            Policy(
+                remind_after=settings.REMIND_AFTER,
+                remind_every=settings.REMIND_EVERY or settings.REMIND_AFTER or 1.0,
+                escalate_after=settings.ESCALATE_AFTER,
+                escalate_to=mentions(settings.ESCALATE_TO),
+                quiet=settings.quiet_hours,
+            ),
+            approvers.describe,
+            sent=self.metrics.reminded,
+        )
+        return SlackSide(bolt, publisher, media, session, handoff, reminders)
 
     async def health(self) -> dict[str, bool]:
         """/healthz: the same keys whatever is configured (HEALTH_KEYS, README).
@@ -404,6 +419,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
+            loops.append(asyncio.create_task(runtime.slack.reminders.run(), name="reminders"))
             if settings.SLACK_APP_TOKEN is not None:
                 try:
                     socket_mode = await _socket_mode(

@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.hosts import HostPolicy
-from bot.model import check_channel, describe_errors
+from bot.model import QuietHours, check_channel, describe_errors
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
 
+    # Reminders and escalation of rounds nobody decides (README, "For approvers").
+    REMIND_AFTER: float = Field(default=14_400.0, ge=0, le=30 * 86_400)  # 0: no reminders
+    REMIND_EVERY: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    ESCALATE_AFTER: float | None = Field(default=None, gt=0, le=90 * 86_400)
+    ESCALATE_TO: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    QUIET_HOURS: str | None = None
+    REMIND_TZ: str = "UTC"
+
     INTAKE_TOKEN: SecretStr | None = None
     PORT: int = Field(default=3000, ge=1, le=65_535)
     HOST: str = "0.0.0.0"
@@ -98,10 +106,37 @@ class Settings(BaseSettings):
     def _lower_format(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("APPROVERS", mode="before")
+    @field_validator("APPROVERS", "ESCALATE_TO", mode="before")
     @classmethod
-    def _approvers(cls, value: object) -> object:
+    def _ids(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("ESCALATE_TO")
+    @classmethod
+    def _mentionable(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.fullmatch(r"[UWS][A-Z0-9]{2,30}", entry):
+                raise ValueError(
+                    f"expected Slack user ids (U…) or user group ids (S…), got {entry!r}"
+                )
+        return value
+
+    @field_validator("QUIET_HOURS")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value:
+            QuietHours.parse(value, "UTC")  # the zone is checked on its own
+        return value or None
+
+    @field_validator("REMIND_TZ")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        QuietHours.parse("0-0", value)
+        return value
+
+    @property
+    def quiet_hours(self) -> QuietHours | None:
+        return QuietHours.parse(self.QUIET_HOURS, self.REMIND_TZ) if self.QUIET_HOURS else None
 
     @field_validator("VIDEO_HOSTS", mode="before")
     @classmethod
@@ -186,6 +221,8 @@ class Settings(BaseSettings):
             )
         if (self.SLACK_APP_TOKEN or self.SLACK_SIGNING_SECRET) and not self.SLACK_BOT_TOKEN:
             raise ValueError("SLACK_BOT_TOKEN: required when other Slack settings are set")
+        if self.ESCALATE_AFTER is not None and not self.ESCALATE_TO:
+            raise ValueError("ESCALATE_TO: required when ESCALATE_AFTER is set (who to tell)")
         recovery = self.DECISION_SETTLE_SECONDS + self.EVENT_RECLAIM_SECONDS
         if recovery >= self.DECISION_CLAIM_SECONDS:
             # Else a dead decider's claim is gone before a publisher settles its round, and a

@@ -323,6 +323,33 @@ def upload_comment(view: TaskView, index: int, total: int) -> str:
     return f"Round {view.round} demo{suffix}"
 
 
+def _waited(seconds: float) -> str:
+    if seconds < 5400:
+        return f"{max(1, round(seconds / 60))} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def reminder_reply(view: TaskView, waited: float, mention: str, *, escalation: bool) -> Payload:
+    """A nudge in the thread about a round nobody decided; `mention` is built by the bot
+    (user and group mentions of its own settings), the rest of the text is escaped."""
+    name = clip(_name(view), 500)
+    if escalation:
+        text = (
+            f"🚨 *{name}* (round {view.round}) has waited {_waited(waited)} for a decision."
+            f" {mention}: please approve or reject it."
+        )
+        fallback = f"Escalated: round {view.round} has waited {_waited(waited)}"
+    else:
+        text = (
+            f"⏰ Round {view.round} has waited {_waited(waited)} for a decision."
+            f" {mention}: the demo is above."
+        )
+        fallback = f"Reminder: round {view.round} has waited {_waited(waited)}"
+    return {"text": fallback, "blocks": [_section(text)]}
+
+
 def upload_failed_reply(round_: int, error: str) -> Payload:
     error = clip(escape(error), 1000)
     text = f"⚠️ Could not copy the round {round_} video into Slack: {error}. Use the link."

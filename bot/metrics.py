@@ -86,6 +86,12 @@ class Metrics:
             "Events delivered to a publisher and not yet acknowledged",
             registry=r,
         )
+        self.reminders = Counter(
+            "ivh_approvals_reminders",
+            "Reminders and escalations this replica sent about rounds nobody decided",
+            ["kind"],
+            registry=r,
+        )
         self.circuit_open = Gauge(
             "ivh_approvals_ivh_circuit_open",
             "1 while this replica's circuit in front of IVH is open (calls paused)",
@@ -102,6 +108,9 @@ class Metrics:
         self.decisions.labels(operate or "unknown", source).inc()
         if ready_at > 0 and at >= ready_at:
             self.decision_seconds.observe(at - ready_at)
+
+    def reminded(self, kind: str) -> None:
+        self.reminders.labels(kind).inc()
 
     def slack_failed(self, method: str, error: str) -> None:
         self.slack_errors.labels(method, error).inc()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,6 +64,45 @@ def describe_errors(error: ValidationError, whole: str = "") -> str:
             message = "is not a known field"
         parts.append(f"{name}: {message}" if name else message)
     return "; ".join(parts)
+
+
+# --- quiet hours ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Hours in which reminders wait (QUIET_HOURS, e.g. `20-08`, in REMIND_TZ): from the
+    first hour up to, not including, the second; across midnight when it is the smaller."""
+
+    start: int
+    end: int
+    zone: tzinfo
+
+    @classmethod
+    def parse(cls, text: str, zone: str) -> QuietHours:
+        found = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", text)
+        if not found or not all(0 <= int(h) <= 23 for h in found.groups()):
+            raise ValueError(f"expected two hours such as 20-08, got {text!r}")
+        try:
+            where = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (e.g. UTC, Asia/Shanghai)") from None
+        return cls(int(found[1]), int(found[2]), where)
+
+    def quiet_at(self, at: float) -> bool:
+        hour = datetime.fromtimestamp(at, self.zone).hour
+        if self.start <= self.end:
+            return self.start <= hour < self.end
+        return hour >= self.start or hour < self.end
+
+    def ends_after(self, at: float) -> float:
+        """When the quiet hours that `at` falls in end (`at` itself when it is not quiet)."""
+        if not self.quiet_at(at):
+            return at
+        moment = datetime.fromtimestamp(at, self.zone).replace(minute=0, second=0, microsecond=0)
+        while self.quiet_at(moment.timestamp()):
+            moment += timedelta(hours=1)
+        return moment.timestamp()
 
 
 # --- operations ----------------------------------------------------------------------------

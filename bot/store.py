@@ -38,6 +38,10 @@ EVENTS_STREAM = PREFIX + "events"
 AUDIT_STREAM = PREFIX + "audit"  # append-only: every event and decision, kept for retention
 STAGES = PREFIX + "stats:stages"  # hash: "STAGE/STATUS" -> active tasks there (for /metrics)
 AUDIT_RETENTION_DAYS = 365
+# Sorted sets of rounds waiting for a decision, scored by when their demo was ready (then
+# moved on as reminders go out): the reminders loop's, and the escalations' (one each).
+REMINDERS = PREFIX + "reminders"
+ESCALATIONS = PREFIX + "escalations"
 SCHEDULE = PREFIX + "schedule"  # sorted set: task id -> when it is next due for a poll
 EVENTS_MAXLEN = 100_000
 HISTORY_MAX = 500  # entries kept per task; the oldest go first
@@ -195,6 +199,10 @@ for _, raw in ipairs(new.events) do
     redis.call('HSETNX', KEYS[7], tostring(event['round']), new.polled_at)
   end
 end
+for _, waiting in ipairs(new.waiting) do
+  redis.call('ZADD', KEYS[8], 'NX', new.polled_at, waiting)
+  redis.call('ZADD', KEYS[9], 'NX', new.polled_at, waiting)
+end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
@@ -211,6 +219,20 @@ redis.call('XADD', KEYS[3], 'MINID', ARGV[5], '*', 'kind', 'decision',
            'task_id', ARGV[4], 'record', ARGV[2], 'ready_at', ready)
 return ready
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
+
+# Take the rounds due in a reminders set: each one moved on to ARGV[3] (or removed when it is
+# empty) in the same step, so that one replica, and only one, reminds of it this time.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  if ARGV[3] == '' then
+    redis.call('ZREM', KEYS[1], member)
+  else
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[3], member)
+  end
+end
+return due
+"""
 
 # Stop counting a task by stage (it left the active ones another way than a poll).
 _UNCOUNT = """
@@ -246,6 +268,7 @@ class Store:
         self.audit_retention = audit_retention_days * 24 * 3600
         self._decide = redis.register_script(_DECIDE)
         self._uncount = redis.register_script(_UNCOUNT)
+        self._take_due = redis.register_script(_TAKE_DUE)
         self._track = redis.register_script(_TRACK)
         self._lease_due = redis.register_script(_CLAIM_DUE)
         self._record = redis.register_script(_RECORD)
@@ -375,6 +398,33 @@ class Store:
             if len(entries) < count:
                 return
             start = "(" + _text(entries[-1][0])
+
+    async def take_waiting(
+        self, key: str, upto: float, then: float | None, limit: int = 100
+    ) -> list[tuple[str, int]]:
+        """Rounds in `key` (REMINDERS, ESCALATIONS) scored at or before `upto`: each rescored
+        to `then` (None: removed) in the same step, so no other replica takes it too."""
+        taken = await self._take_due(
+            keys=[key], args=[repr(upto), limit, "" if then is None else repr(then)]
+        )
+        rounds = []
+        for member in taken or []:
+            task_id, round_ = json.loads(_text(member))
+            rounds.append((str(task_id), int(round_)))
+        return rounds
+
+    async def set_waiting(self, key: str, task_id: str, round_: int, score: float | None) -> None:
+        """Put a round in a reminders set at `score` (or move it there), or out of it (None)."""
+        member = _waiting_member(task_id, round_)
+        if score is None:
+            await self.redis.zrem(key, member)
+        else:
+            await self.redis.zadd(key, {member: score})
+
+    async def ready_at(self, task_id: str, round_: int) -> float | None:
+        """When the round's demo was first seen ready."""
+        raw = await self.redis.hget(ready_key(task_id), str(round_))
+        return float(_text(raw)) if raw else None
 
     async def stage_counts(self) -> dict[str, int]:
         """Active tasks by "STAGE/STATUS", kept up to date by every recorded poll."""
@@ -567,6 +617,11 @@ class Store:
             "events_maxlen": str(EVENTS_MAXLEN),
         }
         new["where"] = f"{snapshot.stage or '-'}/{snapshot.stage_status or snapshot.status}"
+        new["waiting"] = [
+            _waiting_member(event.task_id, event.round)
+            for event in events
+            if event.type in (EventType.AWAITING_CONFIRMATION, EventType.ROUND_CHANGED)
+        ]
         new["audit_minid"] = self._audit_minid(now)
         done = await self._record(
             keys=[
@@ -577,6 +632,8 @@ class Store:
                 STAGES,
                 AUDIT_STREAM,
                 ready_key(record.task_id),
+                REMINDERS,
+                ESCALATIONS,
             ],
             args=[expected, json.dumps(new)],
         )
@@ -626,6 +683,10 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         demos_key(task_id),
         replies_key(task_id),
     )
+
+
+def _waiting_member(task_id: str, round_: int) -> str:
+    return json.dumps([task_id, round_], separators=(",", ":"), ensure_ascii=False)
 
 
 def _audit_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
