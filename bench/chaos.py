@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:  # `tests` (the fake Slack, the cluster helper) is
 
 import httpx  # noqa: E402
 
-from bot.sim_state import CUSTOMER_CONFIRM, Fault  # noqa: E402
-from bot.simulator import Simulator  # noqa: E402
-from bot.simulator import start as start_simulator  # noqa: E402
+from bot.sim import Simulator  # noqa: E402
+from bot.sim import start as start_simulator  # noqa: E402
+from bot.sim.state import CUSTOMER_CONFIRM, Fault  # noqa: E402
 from bot.store import EVENTS_STREAM, SCHEDULE, family_pattern  # noqa: E402
 from tests.cluster import INTAKE, Cluster, blocks_text, button_values  # noqa: E402
 from tests.conftest import RedisProcess  # noqa: E402

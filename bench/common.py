@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from bot.simulator import RunningSimulator, Simulator
-from bot.simulator import start as start_simulator
+from bot.sim import RunningSimulator, Simulator
+from bot.sim import start as start_simulator
 from bot.store import SCHEDULE, Store, task_key
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
@@ -24,7 +25,6 @@ from bot.aio import LoopCrashed
 from bot.approvers import Approvers
 from bot.config import Settings, SettingsError, listen_error
 from bot.decisions import Decider
-from bot.demo import retire_earlier_demos, seed_demo, tell_progress, where_to_watch
 from bot.embedded import start_embedded
 from bot.hosts import HostPolicy
 from bot.ivh import IvhClient
@@ -34,11 +34,13 @@ from bot.publisher import Publisher
 from bot.ratelimit import RedisRateLimiter
 from bot.reminders import Policy, Reminders, mentions
 from bot.schedule import Schedule
-from bot.simulator import Simulator, start
 from bot.slack import ChannelPace, Thread, make_client
 from bot.store import IVH_RATE, Store
 from bot.web import add_slack_route, make_web_app
 from handlers.handoff import Handoff
+
+if TYPE_CHECKING:
+    from bot.sim import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ async def upstreams(settings: Settings, *, simulator: bool = False) -> AsyncIter
                 settings.IVH_ACCESS_TOKEN.get_secret_value(),
             )
             return
+        from bot.sim import Simulator, start  # the demo's only: `run` never loads it
+
         sim = Simulator(audit_seconds=10, train_seconds=30, auto_create=True)
         running = await start(sim)
         stack.push_async_callback(running.close)
@@ -410,6 +414,8 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
             raise listen_error("PORT", settings.HOST, settings.PORT, error) from None
         log.info("listening on http://%s:%d", settings.HOST, settings.PORT)
         demo_task = None
+        if demo:
+            from bot.demo import retire_earlier_demos, seed_demo, tell_progress, where_to_watch
         if demo and up.simulator is not None:
             # Before the poller starts: it must not poll an earlier run's task even once.
             retired = await retire_earlier_demos(runtime.store)

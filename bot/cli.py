@@ -45,7 +45,7 @@ def _demo_settings(settings: Settings) -> Settings:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from bot.simulator import Simulator, start
+    from bot.sim import Simulator, start
 
     sim = Simulator(
         args.appkey,

@@ -9,7 +9,7 @@ import time
 from redis.exceptions import RedisError
 
 from bot.events import Snapshot
-from bot.simulator import Simulator
+from bot.sim import Simulator
 from bot.store import Store, TaskState
 
 log = logging.getLogger(__name__)

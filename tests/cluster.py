@@ -24,7 +24,7 @@ import yarl
 from aiohttp import web
 from redis.asyncio import Redis
 
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from bot.store import EVENTS_STREAM, SCHEDULE, Store, TaskRecord, claim_key
 from tests.conftest import free_port
 from tests.fake_slack import FakeSlack, Message

@@ -22,7 +22,7 @@ from bot.store import Store
 from tests.fake_slack import FakeSlack, fake_slack
 
 if TYPE_CHECKING:
-    from bot.simulator import RunningSimulator
+    from bot.sim import RunningSimulator
     from tests.harness import Bot
 
 Fsync = Literal["always", "everysec", "no"]  # redis-server's appendfsync policies
@@ -162,7 +162,7 @@ def resign_urls() -> bool:
 
 @pytest.fixture
 async def sim(train_record: str, resign_urls: bool) -> AsyncIterator[RunningSimulator]:
-    from bot.simulator import Simulator, start
+    from bot.sim import Simulator, start
 
     running = await start(
         Simulator(

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from bot.app import Runtime, Upstreams
 from bot.config import DEFAULT_VIDEO_HOSTS, Settings
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from bot.store import EVENTS_STREAM, Store, TaskRecord
 from tests.conftest import serving, wait_for
 from tests.fake_slack import FakeSlack

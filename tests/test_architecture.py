@@ -27,3 +27,12 @@ def test_the_import_contracts_hold() -> None:
     linter = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_run_does_not_load_the_simulator() -> None:
+    """bot.sim is for `demo`, `simulate` and the tests: the bot's own path never loads it."""
+    probe = "import sys, bot.app, bot.cli; print('bot.sim' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "False"

@@ -9,8 +9,8 @@ import pytest
 
 from bot.circuit import Circuit
 from bot.ivh import IvhClient, IvhError, RetryPolicy
-from bot.sim_state import Fault
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
+from bot.sim.state import Fault
 
 
 class Clock:

@@ -22,7 +22,7 @@ import pytest
 
 from bot.ivh import IvhClient, IvhError, RetryPolicy, signed_params
 from bot.redact import RedactingFilter, redact
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from bot.transport import AiohttpTransport
 from tests.conftest import free_port, wait_for
 from tests.fake_slack import FakeSlack

@@ -15,8 +15,8 @@ from bot.ivh import IvhClient, RetryPolicy
 from bot.poller import Poller
 from bot.ratelimit import RedisRateLimiter
 from bot.schedule import Schedule
-from bot.sim_state import Fault
-from bot.simulator import RunningSimulator, Simulator, start
+from bot.sim import RunningSimulator, Simulator, start
+from bot.sim.state import Fault
 from bot.store import IVH_RATE, Store, TaskState
 from tests.conftest import wait_for
 

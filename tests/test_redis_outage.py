@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from handlers.guard import UNAVAILABLE
 from tests.conftest import RedisProcess
 from tests.fake_slack import FakeSlack

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.sim_state import Fault
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
+from bot.sim.state import Fault
 from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values, until

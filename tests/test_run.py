@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from bot.app import HEALTH_KEYS, Runtime, Upstreams
 from bot.demo import stage_of
 from bot.events import Snapshot
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from bot.store import Store
 from tests.conftest import RedisProcess, free_port, serving, wait_for
 from tests.fake_slack import FakeSlack

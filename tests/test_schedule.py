@@ -6,7 +6,7 @@ import pytest
 
 from bot.events import Snapshot
 from bot.schedule import Schedule
-from bot.simulator import Simulator, start
+from bot.sim import Simulator, start
 from bot.store import SCHEDULE, Store
 from tests.conftest import wait_for
 from tests.test_poller import polling, until_polled

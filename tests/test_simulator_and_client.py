@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from bot.ivh import IvhClient, IvhError, RetryPolicy, sign, signed_params
-from bot.simulator import API_PATH, RunningSimulator, Simulator, start
+from bot.sim import RunningSimulator, Simulator, start
+from bot.sim.server import API_PATH
 from bot.transport import AiohttpTransport
 from tests.conftest import wait_for
 

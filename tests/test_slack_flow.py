@@ -269,7 +269,7 @@ async def test_a_failed_confirmation_is_explained_and_a_second_click_works(bot: 
 
 
 def _fault(action: str, **fields):
-    from bot.sim_state import Fault
+    from bot.sim.state import Fault
 
     return Fault(action=action, kind="code", **fields)
 
@@ -362,7 +362,7 @@ async def test_uploads_disabled_in_the_workspace_is_said_plainly(bot: Bot):
 async def test_a_timed_out_confirmation_is_settled_by_rereading_progress(
     sim, fake, redis_url, took_effect: bool
 ):
-    from bot.sim_state import Fault
+    from bot.sim.state import Fault
 
     async with run_bot(sim, fake, redis_url, IVH_TIMEOUT=0.3) as bot:
         bot.sim.sim.deliver_seconds = 3600

@@ -22,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import messages
 from bot.app import Runtime, Upstreams, _socket_mode
-from bot.simulator import RunningSimulator
+from bot.sim import RunningSimulator
 from tests.conftest import serving, wait_for
 from tests.fake_slack import FakeSlack
 from tests.harness import CHANNEL, Bot, settings_for

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.ivh import sign
-from bot.sim_state import (
+from bot.sim.state import (
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
@@ -43,7 +43,7 @@ from bot.sim_state import (
 
 API_PATH = "/v2/ivh/assetmanager/customservice/"
 MAX_SKEW_SECONDS = 300
-DEMO_MP4 = Path(__file__).parent / "media" / "demo.mp4"
+DEMO_MP4 = Path(__file__).parent.parent / "media" / "demo.mp4"
 GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>gateway</body></html>"
 ERROR_PAGE = "<html><head><title>500 Internal Server Error</title></head><body>nginx</body></html>"
 JSON = "application/json"
