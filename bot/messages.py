@@ -425,10 +425,75 @@ def unknown_task_notice(task_id: str, tracked_by: str, error: str) -> Payload:
     return {"text": f"IVH does not know task {_task(task_id)}", "blocks": [_section(text)]}
 
 
+def _age(seconds: float) -> str:
+    return _waited(max(0.0, seconds))
+
+
+def pending_text(
+    waiting: list[tuple[TaskView, float, str | None]], now: float, refusal: str | None
+) -> str:
+    """`/ivh pending`: rounds waiting for a decision, oldest first (view, ready at, thread).
+    `refusal` is the bot's own sentence (with its approvers' mentions), shown as it is."""
+    if not waiting:
+        return "Nothing waits for a decision. 🎉"
+    lines = []
+    for view, ready, permalink in waiting:
+        line = (
+            f"• *{clip(_name(view), 200)}* {_task(view.task_id)} · round {view.round}"
+            f" · waiting {_age(now - ready)}"
+        )
+        if permalink:
+            line += f" · {_link(permalink, 'Open the thread')}"
+        lines.append(line)
+    header = f"*Waiting for a decision* ({len(waiting)}, oldest first)"
+    if refusal:
+        header += f"\n_{clip(refusal, 300)} You can watch them; you cannot decide._"
+    body = _newest_that_fit(lines, SECTION_MAX - len(header) - 1, _more_waiting, keep="first")
+    return f"{header}\n{body}"
+
+
+def _more_waiting(count: int) -> str:
+    return f"…and {count} more"
+
+
+def history_text(view: TaskView, demos: dict[int, list[str]], events: list[Payload]) -> str:
+    """`/ivh history TASK`: every round, its demo links, its decision, Tencent's answers."""
+    lines = [f"*{clip(_name(view), 200)}* {_task(view.task_id)}"]
+    decided = {d.round: d for d in view.decisions}
+    for round_ in sorted(set(demos) | set(decided) | ({view.round} if view.round else set())):
+        urls = demos.get(round_, [])[:DEMO_LINKS_MAX]
+        links = " · ".join(_link(url, f"demo {i}") for i, url in enumerate(urls, 1))
+        lines.append(f"*Round {round_}* {links or '(no demo link kept)'}")
+        decision = decided.get(round_)
+        if decision is not None:
+            said = _decision_line(decision).replace("\n>", " — ")
+            if decision.request_id:
+                said += f" (RequestID {clip(escape(decision.request_id), 100)})"
+            lines.append(said)
+        elif round_ == view.round and view.phase == Phase.PENDING:
+            lines.append("⏳ Waiting for a decision")
+    for entry in events:
+        if entry.get("kind") == "progress":
+            stage = "/".join(str(entry.get(k) or "") for k in ("status", "stage", "stage_status"))
+            lines.append(
+                f"_{slack_date(float(entry.get('at') or 0))}: Tencent: {clip(escape(stage), 80)}"
+                f" (round {int(entry.get('round') or 0)})_"
+            )
+        elif entry.get("kind") == "unknown":
+            lines.append(f"_Tencent: {clip(escape(str(entry.get('message', ''))), 300)}_")
+    return _newest_that_fit(lines, SECTION_MAX, _more_history, keep="first")
+
+
+def _more_history(count: int) -> str:
+    return f"…and {count} more lines (the thread has the whole story)"
+
+
 def help_text() -> str:
     return (
         "*/ivh track &lt;TaskId&gt; [#channel] [title]* — watch a task; its demo comes here.\n"
         "*/ivh status &lt;TaskId&gt;* — where a task stands.\n"
+        "*/ivh pending* — the rounds waiting for a decision, oldest first.\n"
+        "*/ivh history &lt;TaskId&gt;* — every round: demos, decisions, Tencent's answers.\n"
         "*/ivh stats [days]* — decisions of the last days (30): how many, how fast, why not.\n"
         "*/ivh help* — this help."
     )

@@ -41,6 +41,7 @@ AUDIT_RETENTION_DAYS = 365
 # Sorted sets of rounds waiting for a decision, scored by when their demo was ready (then
 # moved on as reminders go out): the reminders loop's, and the escalations' (one each).
 REMINDERS = PREFIX + "reminders"
+PENDING = PREFIX + "pending"  # rounds waiting for a decision, by when their demo was ready
 ESCALATIONS = PREFIX + "escalations"
 SCHEDULE = PREFIX + "schedule"  # sorted set: task id -> when it is next due for a poll
 EVENTS_MAXLEN = 100_000
@@ -202,7 +203,9 @@ end
 for _, waiting in ipairs(new.waiting) do
   redis.call('ZADD', KEYS[8], 'NX', new.polled_at, waiting)
   redis.call('ZADD', KEYS[9], 'NX', new.polled_at, waiting)
+  redis.call('ZADD', KEYS[10], 'NX', new.polled_at, waiting)
 end
+for _, left in ipairs(new.left) do redis.call('ZREM', KEYS[10], left) end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
@@ -217,6 +220,7 @@ redis.call('LTRIM', KEYS[2], -HISTORY_MAX, -1)
 local ready = redis.call('HGET', KEYS[4], ARGV[1]) or ''
 redis.call('XADD', KEYS[3], 'MINID', ARGV[5], '*', 'kind', 'decision',
            'task_id', ARGV[4], 'record', ARGV[2], 'ready_at', ready)
+redis.call('ZREM', KEYS[5], ARGV[6])
 return ready
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
 
@@ -365,13 +369,20 @@ class Store:
         """Record the decision of a round; the first one recorded stands. None when one was
         recorded before; else when the round's demo was ready (0.0: not known)."""
         ready = await self._decide(
-            keys=[decisions_key(task_id), history_key(task_id), AUDIT_STREAM, ready_key(task_id)],
+            keys=[
+                decisions_key(task_id),
+                history_key(task_id),
+                AUDIT_STREAM,
+                ready_key(task_id),
+                PENDING,
+            ],
             args=[
                 str(decision.round),
                 decision.model_dump_json(),
                 _history_entry("decision", **decision.model_dump()),
                 task_id,
                 self._audit_minid(time.time()),
+                _waiting_member(task_id, decision.round),
             ],
         )
         if ready is None:
@@ -421,6 +432,15 @@ class Store:
         else:
             await self.redis.zadd(key, {member: score})
 
+    async def pending(self, limit: int = 100) -> list[tuple[str, int, float]]:
+        """Rounds waiting for a decision, oldest demo first: (task id, round, ready at)."""
+        found: list[Any] = list(await self.redis.zrange(PENDING, 0, limit - 1, withscores=True))
+        rounds = []
+        for member, score in found:
+            task_id, round_ = json.loads(_text(member))
+            rounds.append((str(task_id), int(round_), float(score)))
+        return rounds
+
     async def ready_at(self, task_id: str, round_: int) -> float | None:
         """When the round's demo was first seen ready."""
         raw = await self.redis.hget(ready_key(task_id), str(round_))
@@ -447,6 +467,11 @@ class Store:
 
     async def mark_decision_replied(self, task_id: str, round_: int, ts: str) -> None:
         await self.redis.hset(replies_key(task_id), str(round_), ts)
+
+    async def all_demos(self, task_id: str) -> dict[int, list[str]]:
+        """Every round's demo links, as the bot showed them."""
+        raw = await self.redis.hgetall(demos_key(task_id))
+        return {int(k): json.loads(v) for k, v in _decode(raw).items()}
 
     async def demos(self, task_id: str, round_: int) -> list[str] | None:
         """The demo links the bot showed for a round; None when it never saw the round."""
@@ -622,6 +647,12 @@ class Store:
             for event in events
             if event.type in (EventType.AWAITING_CONFIRMATION, EventType.ROUND_CHANGED)
         ]
+        before = record.snapshot
+        left = before is not None and before.waiting
+        if before is not None and left and (not snapshot.waiting or snapshot.round != before.round):
+            new["left"] = [_waiting_member(record.task_id, before.round)]
+        else:
+            new["left"] = []
         new["audit_minid"] = self._audit_minid(now)
         done = await self._record(
             keys=[
@@ -634,6 +665,7 @@ class Store:
                 ready_key(record.task_id),
                 REMINDERS,
                 ESCALATIONS,
+                PENDING,
             ],
             args=[expected, json.dumps(new)],
         )
@@ -654,6 +686,7 @@ class Store:
                 pipe.expire(key, RETENTION)
             await pipe.execute()
         await self._uncount(keys=[task_key(record.task_id), STAGES])
+        await self.redis.zrem(PENDING, _waiting_member(record.task_id, record.round))
 
     async def record_failure(self, task_id: str, message: str, now: float, retry_at: float) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:

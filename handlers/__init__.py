@@ -25,4 +25,4 @@ def register(
     events.register(app, approvers=approvers)
     actions.register(app, store=store, decider=decider, handoff=handoff)
     views.register(app, store=store, decider=decider, handoff=handoff)
-    commands.register(app, store=store, on_track=on_track)
+    commands.register(app, store=store, on_track=on_track, approvers=approvers)

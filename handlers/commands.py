@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import audit, messages
+from bot.approvers import Approvers
 from bot.intake import TrackRequest, describe_errors, track_task
 from bot.store import Store
 from handlers.guard import guarded
@@ -32,7 +33,9 @@ def parse_track(args: list[str], here: str) -> tuple[str, str, str | None]:
     return task_id, channel, " ".join(rest) or None
 
 
-def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> None:
+def register(
+    app: AsyncApp, *, store: Store, on_track: Callable[[], None], approvers: Approvers
+) -> None:
     @app.command("/ivh")
     @guarded
     async def ivh(ack: AsyncAck, command: dict[str, Any]) -> None:
@@ -44,6 +47,11 @@ def register(app: AsyncApp, *, store: Store, on_track: Callable[[], None]) -> No
             await ack(text=await _track(store, on_track, words[1:], command))
         elif verb == "status" and len(words) == 2:
             await ack(text=await _status(store, words[1]))
+        elif verb == "pending" and len(words) == 1:
+            user = user_of(command, "user_id") or ""
+            await ack(text=await _pending(store, approvers, user))
+        elif verb == "history" and len(words) == 2:
+            await ack(text=await _history(store, words[1]))
         elif verb == "stats" and len(words) <= 2:
             await ack(text=await _stats(store, words[1] if len(words) == 2 else ""))
         else:
@@ -87,6 +95,30 @@ async def _status(store: Store, task_id: str) -> str:
         warning = messages.clip(messages.escape(record.error), 1000)
         return messages.status_text(view, record.slack_permalink) + f"\n⚠️ {warning}"
     return messages.status_text(view, record.slack_permalink)
+
+
+PENDING_SHOWN = 25  # rounds read for /ivh pending: one round trip each, within the ack
+
+
+async def _pending(store: Store, approvers: Approvers, user: str) -> str:
+    waiting = []
+    for task_id, _round, ready in await store.pending(PENDING_SHOWN):
+        loaded = await store.view(task_id)
+        if loaded is not None:
+            waiting.append((loaded.view, ready, loaded.record.slack_permalink))
+    refusal = None
+    if not await approvers.allows(user):
+        refusal = f"Only approvers can decide ({approvers.describe()})."
+    return messages.pending_text(waiting, time.time(), refusal)
+
+
+async def _history(store: Store, task_id: str) -> str:
+    loaded = await store.view(task_id)
+    if loaded is None:
+        shown = messages.clip(messages.escape(task_id), 200)
+        return f"`{shown}` is not tracked. Try `/ivh track {shown}`."
+    demos = await store.all_demos(task_id)
+    return messages.history_text(loaded.view, demos, await store.history(task_id))
 
 
 STATS_DAYS = 30

@@ -271,3 +271,49 @@ async def test_the_audit_trail_keeps_its_retention(store):
     decision = Decision(round=1, operate="AGREE", user="U0A", at=time.time())
     await short.save_decision("t-new", decision)  # appending trims what is over a day old
     assert [entry["task_id"] async for entry in short.audit()] == ["t-new"]
+
+
+# --- the queue and a task's history, in Slack -------------------------------------------------
+
+
+async def test_ivh_pending_lists_waiting_rounds_oldest_first_until_decided(bot: Bot):
+    first = bot.sim.sim.create_task(deliver_seconds=3600)
+    await bot.track(first.task_id, title="Anna <!here>")
+    await bot.posted(first.task_id)
+    second = bot.sim.sim.create_task(deliver_seconds=3600)
+    await bot.track(second.task_id, title="Bo")
+    await bot.posted(second.task_id)
+    answer = (await bot.command("pending")).text
+    assert "Waiting for a decision* (2" in answer
+    assert answer.index(first.task_id) < answer.index(second.task_id)
+    assert "Anna &lt;!here&gt;" in answer and "Open the thread" in answer
+
+    value_ = json.dumps({"task": first.task_id, "round": 1}, separators=(",", ":"))
+    await bot.click("approve", value_)
+
+    async def decided() -> bool:
+        return await bot.store.decision(first.task_id, 1) is not None
+
+    await wait_for(decided)
+    answer = (await bot.command("pending")).text
+    assert first.task_id not in answer and second.task_id in answer
+
+
+async def test_ivh_pending_tells_a_non_approver_they_cannot_decide(sim, fake, redis_url):
+    async with run_bot(sim, fake, redis_url, APPROVERS="U0ANA") as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        await bot.posted(task.task_id)
+        answer = (await bot.command("pending", user="U0BOB")).text
+        assert task.task_id in answer and "you cannot decide" in answer
+        assert "you cannot decide" not in (await bot.command("pending", user="U0ANA")).text
+
+
+async def test_ivh_history_shows_every_round_its_demos_and_decisions(bot: Bot):
+    task_id = await decided_twice(bot)
+    answer = (await bot.command(f"history {task_id}")).text
+    assert "*Round 1*" in answer and "*Round 2*" in answer
+    assert answer.count("demo 1") >= 2  # each round's own demo link
+    assert "Rejected by <@U0ALICE>" in answer and "lips out of sync" in answer
+    assert "Approved by <@U0BOB>" in answer and "RequestID" in answer
+    assert "Tencent: MAKING/CONFIRM/WAIT_PROCESS" in answer

@@ -230,3 +230,26 @@ def test_a_title_that_pings_everyone_pings_nobody() -> None:
     payload = messages.task_message(view)
     assert "<!" not in payload["text"] and "<@" not in payload["text"]
     valid_message(payload)
+
+
+@FAST
+@given(st.lists(views(), max_size=6), st.floats(0, 4e9), st.one_of(st.none(), st.just("x")))
+def test_the_pending_queue_fits_and_is_inert(found, now, refusal) -> None:
+    waiting = [
+        (view, view.tracked_at, "https://ivh-test.slack.com/archives/C0/p1") for view in found
+    ]
+    text = messages.pending_text(waiting, now, refusal)
+    assert len(text) <= messages.TEXT_MAX
+    inert(text)
+
+
+@FAST
+@given(views(), st.dictionaries(st.integers(1, 12), st.lists(URLS, max_size=4), max_size=12), LONG)
+def test_a_task_history_fits_and_is_inert(view, demos, message) -> None:
+    events = [
+        {"kind": "progress", "at": 1.0, "status": message, "stage": "CONFIRM", "round": 1},
+        {"kind": "unknown", "at": 2.0, "message": message},
+    ] * 20
+    text = messages.history_text(view, demos, events)
+    assert len(text) <= messages.TEXT_MAX
+    inert(text)
