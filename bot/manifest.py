@@ -44,7 +44,8 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
     command: dict[str, Any] = {
         "command": "/ivh",
         "description": "Track IVH customization tasks and see where they stand",
-        "usage_hint": "track <TaskId> [#channel] [title] | status <TaskId> | pending | history <TaskId> | stats [days] | help",
+        "usage_hint": "track <TaskId> [#channel] [title] | status <TaskId> | pending"
+        " | history <TaskId> | stats [days] | help",
         "should_escape": True,
     }
     interactivity: dict[str, Any] = {"is_enabled": True}
