@@ -24,6 +24,7 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 # <bucket>.cos.<region>.tencentcos.cn, CDN <bucket>.file.myqcloud.com) and IVH's own
 # resource hosts (videomaker-resources.ivh.qq.com).
 DEFAULT_VIDEO_HOSTS = ("*.myqcloud.com", "*.tencentcos.cn", "*.ivh.qq.com")
+MAX_REQUIRED_APPROVALS = 20  # more approvers than a team can gather on one demo
 
 
 class SettingsError(Exception):
@@ -79,6 +80,8 @@ class Settings(BaseSettings):
 
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
+    REQUIRED_APPROVALS: int = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
+    PREVENT_SELF_APPROVAL: bool = False
 
     INTAKE_TOKEN: SecretStr | None = None
     PORT: int = Field(default=3000, ge=1, le=65_535)

@@ -114,8 +114,25 @@ def _decision_line(decision: Decision) -> str:
     if decision.source == "elsewhere":
         return f"Decided outside Slack (e.g. the Tencent console), seen {when}"
     if decision.operate == "AGREE":
-        return f"✅ Approved by {who(decision.user)} {when}"
+        return f"✅ Approved by {_people(decision.approvers or [decision.user])} {when}"
     return f"↩️ Rejected by {who(decision.user)} {when}\n>{_quoted(decision.reason)}"
+
+
+def _people(users: list[str]) -> str:
+    """`@ana`, `@ana and @bo`, `@ana, @bo and @cy`."""
+    named = [who(user) for user in users] or ["someone"]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def _votes(view: TaskView) -> str:
+    """How far the current round is from its quorum: "Approvals 1 of 2: @ana"."""
+    required = max(view.required_approvals, view.votes.required if view.votes else 1)
+    given = view.votes.users if view.votes else []
+    if required <= 1:
+        return ""
+    if not given:
+        return f"Needs {required} approvals."
+    return f"Approvals {len(given)} of {required}: " + ", ".join(who(user) for user in given)
 
 
 def _quoted(reason: str) -> str:
@@ -127,7 +144,9 @@ def _status(view: TaskView) -> str:
     decision = view.current_decision
     match view.phase:
         case Phase.PENDING:
-            return f"⏳ *Round {view.round} waits for a decision.* Watch the demo, then decide."
+            waits = f"⏳ *Round {view.round} waits for a decision.* Watch the demo, then decide."
+            votes = _votes(view)
+            return f"{waits}\n{votes}" if votes else waits
         case Phase.TRAINING:
             return "🛠️ Training; the demo will be posted here when it is ready."
         case Phase.APPROVED | Phase.REJECTED | Phase.ELSEWHERE if decision is not None:
@@ -232,6 +251,8 @@ def _buttons(view: TaskView) -> Payload:
 def _approve_question(view: TaskView) -> str:
     before = f"Round {view.round} of "
     after = " will be accepted and delivered. This cannot be undone."
+    if view.required_approvals > 1:
+        after = f": your approval is one of the {view.required_approvals} it needs to be accepted."
     room = CONFIRM_TEXT_MAX - len(before) - len(after)
     return before + clip(_name(view), room) + after
 

@@ -234,6 +234,15 @@ class Decision(BaseModel):
     reason: str = ""
     request_id: str = ""
     source: Source = "slack"
+    # With REQUIRED_APPROVALS > 1: everyone whose approval counted, in the order they voted.
+    approvers: list[str] = []
+
+
+class Votes(BaseModel):
+    """The approvals given so far in one round, when it takes more than one."""
+
+    users: list[str]
+    required: int
 
 
 class Upload(BaseModel):
@@ -256,6 +265,8 @@ class TaskView(BaseModel):
     round: int
     demo_urls: list[str] = []
     decisions: list[Decision] = []
+    votes: Votes | None = None  # the current round's approvals, while it takes several
+    required_approvals: int = 1
     upload: Upload | None = None
     tencent_reject_reason: str = ""
     fail_message: str = ""
@@ -281,6 +292,7 @@ class Claim(BaseModel):
     at: float
     token: str
     reason: str = ""
+    approvers: list[str] = []  # the quorum this AGREE completes, when it takes several
 
 
 class TaskState(StrEnum):

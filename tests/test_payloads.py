@@ -13,8 +13,9 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot import messages
+from bot.config import MAX_REQUIRED_APPROVALS
 from bot.ivh import REASON_MAX
-from bot.model import TASK_ID_MAX
+from bot.model import TASK_ID_MAX, Votes
 from bot.state import Decision, Phase, TaskView, Upload
 
 # Characters that mean something to Slack's mrkdwn, mentions that would ping, and text that
@@ -49,6 +50,8 @@ URLS = st.one_of(
     text(0, 30),
 )
 LONG = st.one_of(text(), exactly(5000))
+QUORUMS = st.integers(1, MAX_REQUIRED_APPROVALS)
+APPROVERS = st.lists(USERS, max_size=MAX_REQUIRED_APPROVALS)
 ASSETS = st.lists(
     st.dictionaries(st.sampled_from(["AssetType", "AssetId", "Type", "Id", "x"]), LONG),
     max_size=60,
@@ -67,6 +70,7 @@ def views(draw: st.DrawFn) -> TaskView:
             reason=draw(REASONS),
             request_id=draw(st.one_of(text(0, 40), exactly(300))),
             source=draw(st.sampled_from(["slack", "elsewhere"])),
+            approvers=draw(APPROVERS),
         )
         for n in range(1, current + 1)
         if n < current or draw(st.booleans())
@@ -80,6 +84,8 @@ def views(draw: st.DrawFn) -> TaskView:
         round=current,
         demo_urls=draw(st.lists(URLS, max_size=12)),
         decisions=decisions,
+        votes=draw(st.one_of(st.none(), st.builds(Votes, users=APPROVERS, required=QUORUMS))),
+        required_approvals=draw(QUORUMS),
         upload=draw(
             st.one_of(
                 st.none(),

@@ -13,7 +13,9 @@ from bot.config import Settings, SettingsError, load_settings
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     for name in list(os.environ):
-        if name.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_")):
+        if name.startswith(
+            ("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "REQUIRED_", "PREVENT_")
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -44,6 +46,9 @@ def test_defaults_are_the_documented_ones():
         ({"SLACK_CHANNEL": "#approvals"}, "SLACK_CHANNEL: expected a channel id"),
         ({"SLACK_CHANNEL": "approvals"}, "SLACK_CHANNEL: expected a Slack channel id"),
         ({"DECISION_CLAIM_SECONDS": "60"}, "DECISION_CLAIM_SECONDS"),  # <= 30 + 60
+        ({"REQUIRED_APPROVALS": "0"}, "REQUIRED_APPROVALS"),
+        ({"REQUIRED_APPROVALS": "two"}, "REQUIRED_APPROVALS"),
+        ({"PREVENT_SELF_APPROVAL": "maybe"}, "PREVENT_SELF_APPROVAL"),
     ],
 )
 def test_a_wrong_setting_is_named(monkeypatch, env, named):
