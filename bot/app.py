@@ -170,6 +170,7 @@ class Runtime:
             claim_ttl=settings.DECISION_CLAIM_SECONDS,
             prevent_self_approval=settings.PREVENT_SELF_APPROVAL,
             required_approvals=settings.REQUIRED_APPROVALS,
+            reject_categories=settings.REJECT_CATEGORIES,
         )
         # Redirects are followed by bot.video, each hop re-checked; no proxies from the
         # environment (they would bypass the pinned, checked address).

@@ -16,7 +16,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.hosts import HostPolicy
-from bot.model import check_channel, describe_errors
+from bot.model import category_problem, check_channel, describe_errors
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -25,6 +25,15 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 # resource hosts (videomaker-resources.ivh.qq.com).
 DEFAULT_VIDEO_HOSTS = ("*.myqcloud.com", "*.tencentcos.cn", "*.ivh.qq.com")
 MAX_REQUIRED_APPROVALS = 20  # more approvers than a team can gather on one demo
+DEFAULT_REJECT_CATEGORIES = (
+    "Lip sync",
+    "Voice",
+    "Face / likeness",
+    "Outline / artifacts",
+    "Background",
+    "Motion",
+    "Other",
+)
 
 
 class SettingsError(Exception):
@@ -82,6 +91,9 @@ class Settings(BaseSettings):
     APPROVER_GROUP: str | None = None
     REQUIRED_APPROVALS: int = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
     PREVENT_SELF_APPROVAL: bool = False
+    REJECT_CATEGORIES: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_REJECT_CATEGORIES)
+    )
 
     INTAKE_TOKEN: SecretStr | None = None
     PORT: int = Field(default=3000, ge=1, le=65_535)
@@ -97,6 +109,19 @@ class Settings(BaseSettings):
     @classmethod
     def _approvers(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("REJECT_CATEGORIES", mode="before")
+    @classmethod
+    def _categories_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("REJECT_CATEGORIES")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        problem = category_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("VIDEO_HOSTS", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,53 @@ def reason_problem(text: str) -> str | None:
     return None
 
 
+# m:ss or h:mm:ss (0:12, 12:05, 1:02:03): where in the demo the problem is.
+_TIMECODE = re.compile(r"(?:(?P<h>\d{1,2}):(?P<hm>[0-5]\d)|(?P<m>\d{1,2})):(?P<s>[0-5]\d)")
+TIMECODE_MAX = len("10:00:00") + 4  # the form field's length: room for a stray space or two
+
+
+@dataclass(frozen=True)
+class RejectForm:
+    """What the Reject form holds: a category (None on a form opened before categories
+    existed), an optional timecode, and the reason in words."""
+
+    category: str | None
+    timecode: str
+    reason: str
+
+    @property
+    def text(self) -> str:
+        """The reason as Tencent receives it: `[Lip sync @0:12] mouth drifts after the pause`."""
+        reason = clean_reason(self.reason)
+        if self.category is None:
+            return reason
+        tag = (
+            f"{self.category} @{self.timecode.strip()}" if self.timecode.strip() else self.category
+        )
+        return f"[{tag}] {reason}"
+
+    def problems(self, categories: list[str]) -> dict[str, str]:
+        """What is wrong, by the form's block id, in words for the modal; empty when nothing."""
+        found: dict[str, str] = {}
+        if self.category is not None and self.category not in categories:
+            found[messages.CATEGORY_BLOCK] = (
+                "Pick a category." if not self.category else "Pick one of the categories offered."
+            )
+        timecode = self.timecode.strip()
+        if timecode and _TIMECODE.fullmatch(timecode) is None:
+            found[messages.TIMECODE_BLOCK] = "Give it as m:ss or h:mm:ss, e.g. 0:12 or 1:02:03."
+        problem = reason_problem(self.reason)
+        if problem is None and len(self.text) > REASON_MAX:
+            room = REASON_MAX - (len(self.text) - len(clean_reason(self.reason)))
+            problem = (
+                f"Tencent takes {REASON_MAX} characters with the category and timecode:"
+                f" at most {room} here, please ({len(clean_reason(self.reason))} now)."
+            )
+        if problem is not None:
+            found[messages.REASON_BLOCK] = problem
+        return found
+
+
 def round_refusal(loaded: Loaded | None, round_: int) -> str | None:
     """Why nobody can decide `round_` of the task as loaded, or None."""
     if loaded is None:
@@ -67,7 +115,9 @@ class Decider:
         claim_ttl: float = CLAIM_TTL,
         prevent_self_approval: bool = False,
         required_approvals: int = 1,
+        reject_categories: list[str] | None = None,
     ) -> None:
+        self.reject_categories = list(reject_categories or [])
         self._claim_ttl = claim_ttl
         self._required = required_approvals
         self._prevent_self_approval = prevent_self_approval
@@ -103,6 +153,7 @@ class Decider:
         operate: Operate,
         notify: Notify,
         reason: str = "",
+        category: str | None = None,
     ) -> None:
         """Claim the round, send the decision once, and show the outcome (or why not)."""
         # Before the claim: it would block approvers.
@@ -123,6 +174,7 @@ class Decider:
             token=uuid.uuid4().hex,
             reason=reason,
             approvers=approvers,
+            category=category,
         )
         holder, loaded = await self._store.claim(task_id, round_, claim, self._claim_ttl)
         if holder is not None:
@@ -241,6 +293,7 @@ def decision_from(claim: Claim, round_: int, request_id: str = "") -> Decision:
         reason=claim.reason,
         request_id=request_id,
         approvers=claim.approvers,
+        category=claim.category,
     )
 
 

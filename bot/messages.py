@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.model import REASON_MAX, Decision, Phase, TaskView
@@ -15,6 +15,11 @@ WATCH = "watch_demo"
 REJECT_VIEW = "reject_reason"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
+CATEGORY_BLOCK = "category"
+CATEGORY_INPUT = "category_select"
+TIMECODE_BLOCK = "timecode"
+TIMECODE_INPUT = "timecode_input"
+TIMECODE_LENGTH = 12  # h:mm:ss and a few stray spaces; checked on submit
 
 Payload = dict[str, Any]
 
@@ -384,8 +389,44 @@ def error_text(user: str, action: str, code: int | None, message: str, request_i
     )
 
 
-def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
+def _category_input(categories: Sequence[str]) -> Payload:
+    return {
+        "type": "input",
+        "block_id": CATEGORY_BLOCK,
+        "label": {"type": "plain_text", "text": "What is wrong?"},
+        "element": {
+            "type": "static_select",
+            "action_id": CATEGORY_INPUT,
+            "placeholder": {"type": "plain_text", "text": "Pick a category"},
+            "options": [
+                {"text": {"type": "plain_text", "text": c}, "value": c} for c in categories
+            ],
+        },
+    }
+
+
+def _timecode_input() -> Payload:
+    return {
+        "type": "input",
+        "block_id": TIMECODE_BLOCK,
+        "optional": True,
+        "label": {"type": "plain_text", "text": "Where in the video?"},
+        "hint": {"type": "plain_text", "text": "m:ss or h:mm:ss, e.g. 0:12 or 1:02:03"},
+        "element": {
+            "type": "plain_text_input",
+            "action_id": TIMECODE_INPUT,
+            "max_length": TIMECODE_LENGTH,
+            "placeholder": {"type": "plain_text", "text": "0:12"},
+        },
+    }
+
+
+def reject_modal(
+    task_id: str, round_: int, title: str | None, categories: Sequence[str] = ()
+) -> Payload:
+    """The Reject form: a category and a timecode (when categories are given) and the reason."""
     name = clip(escape(title) if title else f"Task {escape(task_id)}", 1000)
+    structured = [_category_input(categories), _timecode_input()] if categories else []
     return {
         "type": "modal",
         "callback_id": REJECT_VIEW,
@@ -395,6 +436,7 @@ def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             _section(f"*{name}*, round {round_}\nThe task goes back for another round."),
+            *structured,
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,

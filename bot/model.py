@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # --- limits --------------------------------------------------------------------------------
 
 REASON_MAX = 300  # a REJECT's reason, as Tencent accepts it
+CATEGORY_MAX = 40  # a reject category: it prefixes the reason sent to Tencent
+CATEGORIES_MAX = 100  # options in a Slack static_select
 TASK_ID_MAX = 128  # our bound on an opaque task id
 
 # A channel is kept by its id (public C…, private G… or C…, direct message D…): Slack's
@@ -35,6 +37,23 @@ def check_channel(value: str) -> str:
             " channel's history by id; the channel's details in Slack end with it)"
         )
     raise ValueError("expected a Slack channel id such as C0123ABCD")
+
+
+def category_problem(categories: list[str]) -> str | None:
+    """Why a list of reject categories cannot be offered in the Reject form, or None."""
+    if not categories:
+        return "expected at least one category"
+    if len(categories) > CATEGORIES_MAX:
+        return f"at most {CATEGORIES_MAX} categories (a Slack menu holds no more)"
+    if len(set(categories)) != len(categories):
+        return "a category is listed twice"
+    for category in categories:
+        if len(category) > CATEGORY_MAX or not category.isprintable() or "]" in category:
+            return (
+                f"a category is 1-{CATEGORY_MAX} printable characters without ], got"
+                f" {category[:60]!r}"
+            )
+    return None
 
 
 def check_task_id(value: str) -> str:
@@ -236,6 +255,7 @@ class Decision(BaseModel):
     source: Source = "slack"
     # With REQUIRED_APPROVALS > 1: everyone whose approval counted, in the order they voted.
     approvers: list[str] = []
+    category: str | None = None  # a REJECT's category from the form; None before categories
 
 
 class Votes(BaseModel):
@@ -293,6 +313,7 @@ class Claim(BaseModel):
     token: str
     reason: str = ""
     approvers: list[str] = []  # the quorum this AGREE completes, when it takes several
+    category: str | None = None  # a REJECT's category, kept with its decision
 
 
 class TaskState(StrEnum):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from bot.decisions import SELF_APPROVAL
-from tests.harness import Bot, run_bot
+from tests.harness import Bot, run_bot, view_submission
 from tests.test_slack_flow import _ephemeral_to, _succeeded, button_values, sim_operations
 
 
@@ -120,3 +120,97 @@ async def test_one_reject_decides_at_once_and_the_next_round_starts_without_vote
         await bot.click("approve", round_two, user="U0ANA")
         await bot.until(lambda: _shows(bot, record, "Approvals 1 of 2: <@U0ANA>"))
         assert len(await sim_operations(bot, task.task_id)) == 1
+
+
+# --- structured reasons: a category and a timecode ---------------------------------------------
+
+
+def _submission(bot: Bot, metadata: str, reason: str, *, category=None, timecode=None) -> dict:
+    """The Reject form as Slack submits it: `category` None leaves the menu unpicked."""
+    payload = view_submission(bot.fake.team_id, metadata, reason, user="U0BO")
+    values = payload["view"]["state"]["values"]
+    picked = {"text": {"type": "plain_text", "text": category}, "value": category}
+    values["category"] = {
+        "category_select": {"type": "static_select", "selected_option": category and picked}
+    }
+    values["timecode"] = {"timecode_input": {"type": "plain_text_input", "value": timecode}}
+    return payload
+
+
+async def test_a_rejection_sends_its_category_and_timecode_and_keeps_the_category(bot: Bot):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id)
+    record = await bot.posted(task.task_id)
+    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
+    [call] = await bot.fake.wait_for("views.open")
+    form = call.args["view"]
+    form = json.loads(form) if isinstance(form, str) else form
+    [menu] = [b["element"] for b in form["blocks"] if b.get("block_id") == "category"]
+    offered = [option["value"] for option in menu["options"]]
+    assert menu["type"] == "static_select" and offered[0] == "Lip sync" and "Other" in offered
+    metadata = form["private_metadata"]
+
+    async def refused(payload: dict) -> dict[str, str]:
+        answer = await bot.send(payload)
+        assert answer.json()["response_action"] == "errors"
+        return answer.json()["errors"]
+
+    unpicked = await refused(_submission(bot, metadata, "mouth drifts", timecode="0:12"))
+    assert set(unpicked) == {"category"}
+    made_up = await refused(_submission(bot, metadata, "mouth drifts", category="Hair"))
+    assert set(made_up) == {"category"}
+    for wrong in ("12", "0:60", "1:75:00", "a:bc", "0:12:"):
+        bad_time = await refused(
+            _submission(bot, metadata, "mouth drifts", category="Lip sync", timecode=wrong)
+        )
+        assert set(bad_time) == {"timecode"} and "1:02:03" in bad_time["timecode"]
+    # 300 characters typed are more than Tencent takes once "[Lip sync @0:12] " precedes them.
+    too_long = await refused(
+        _submission(bot, metadata, "x" * 300, category="Lip sync", timecode="0:12")
+    )
+    assert set(too_long) == {"reason"} and "at most 283" in too_long["reason"]
+    assert await sim_operations(bot, task.task_id) == []
+
+    fine = _submission(
+        bot, metadata, "mouth drifts after the pause", category="Lip sync", timecode=" 0:12 "
+    )
+    accepted = await bot.send(fine)
+    assert accepted.status_code == 200 and not accepted.content
+
+    async def decided() -> bool:
+        return await bot.store.decision(task.task_id, 1) is not None
+
+    await bot.until(decided)
+    [reject] = await sim_operations(bot, task.task_id)
+    assert reject["reason"] == "[Lip sync @0:12] mouth drifts after the pause"
+    decision = await bot.store.decision(task.task_id, 1)
+    assert decision is not None and decision.category == "Lip sync"
+
+    async def told() -> bool:
+        return any("[Lip sync @0:12]" in _text_of(m) for m in bot.thread(record))
+
+    await bot.until(told)
+    await bot.until(lambda: _shows(bot, record, "[Lip sync @0:12] mouth drifts"))
+
+
+async def test_categories_are_a_setting(sim, fake, redis_url):
+    async with run_bot(sim, fake, redis_url, REJECT_CATEGORIES="Hair,Teeth") as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
+        [call] = await bot.fake.wait_for("views.open")
+        form = call.args["view"]
+        form = json.loads(form) if isinstance(form, str) else form
+        [menu] = [b["element"] for b in form["blocks"] if b.get("block_id") == "category"]
+        assert [option["value"] for option in menu["options"]] == ["Hair", "Teeth"]
+        answer = await bot.send(_submission(bot, form["private_metadata"], "x", category="Voice"))
+        assert set(answer.json()["errors"]) == {"category"}  # not offered here
+        await bot.send(_submission(bot, form["private_metadata"], "gap", category="Teeth"))
+
+        async def rejected() -> bool:
+            return bool(await sim_operations(bot, task.task_id))
+
+        await bot.until(rejected)
+        [reject] = await sim_operations(bot, task.task_id)
+        assert reject["reason"] == "[Teeth] gap"

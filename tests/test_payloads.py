@@ -15,7 +15,7 @@ from slack_sdk.models.views import View
 from bot import messages
 from bot.config import MAX_REQUIRED_APPROVALS
 from bot.ivh import REASON_MAX
-from bot.model import TASK_ID_MAX, Votes
+from bot.model import CATEGORIES_MAX, CATEGORY_MAX, TASK_ID_MAX, Votes, category_problem
 from bot.state import Decision, Phase, TaskView, Upload
 
 # Characters that mean something to Slack's mrkdwn, mentions that would ping, and text that
@@ -193,6 +193,27 @@ def test_the_reject_form_fits_and_is_inert(task_id: str, round_: int, title: str
     for mrkdwn in texts_in(view):
         inert(mrkdwn)
     assert messages.parse_button_value(view["private_metadata"]) == (task_id, round_)
+
+
+CATEGORIES = st.lists(
+    exactly(CATEGORY_MAX).filter(lambda c: category_problem([c]) is None),
+    min_size=1,
+    max_size=CATEGORIES_MAX,
+    unique=True,
+)
+
+
+@FAST
+@given(TASK_IDS, st.integers(1, 10_000), TITLES, CATEGORIES)
+def test_the_reject_form_with_categories_fits(
+    task_id: str, round_: int, title: str | None, categories: list[str]
+) -> None:
+    view = messages.reject_modal(task_id, round_, title, categories)
+    View(**view).to_dict()
+    for mrkdwn in texts_in(view):
+        inert(mrkdwn)
+    [menu] = [b["element"] for b in view["blocks"] if b.get("block_id") == "category"]
+    assert [option["value"] for option in menu["options"]] == categories
 
 
 @FAST
