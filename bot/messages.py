@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from bot.model import REASON_MAX, Decision, Phase, TaskView
+from bot.model import REASON_MAX, Decision, Phase, TaskView, is_channel_id
 
 APPROVE = "approve"
 REJECT = "reject"
@@ -451,6 +451,57 @@ def reject_modal(
             },
         ],
     }
+
+
+# --- direct messages to whoever tracked the task -------------------------------------------
+
+
+def is_user(user: str) -> bool:
+    """Whether `user` is a Slack user id (someone to DM), not "api", "cli" or "demo"."""
+    return user.startswith(("U", "W")) and user.isalnum() and user.isupper()
+
+
+class Where(NamedTuple):
+    """Where a task's thread is: its permalink, else its channel."""
+
+    permalink: str | None
+    channel: str | None
+
+
+def _to_requester(view: TaskView, line: str, fallback: str, where: Where) -> Payload:
+    """A DM about the task: what happened, and a link to its thread (or its channel)."""
+    heading = f"*{clip(_name(view), 400)}* {_task(view.task_id)}"
+    permalink, channel = where
+    if permalink:
+        link = _link(permalink, "Open the thread")
+    elif channel and is_channel_id(channel):
+        link = f"The thread is in <#{channel}>."
+    else:
+        link = ""
+    body = "\n".join(part for part in (heading, line, link) if part)
+    name = clip(escape(view.title) if view.title else f"task {escape(view.task_id)}", 400)
+    return {"text": f"{name}: {fallback}", "blocks": [_section(body)]}
+
+
+def requester_ready(view: TaskView, where: Where) -> Payload:
+    line = f"🎬 The round {view.round} demo is ready for a decision."
+    return _to_requester(view, line, f"round {view.round} is ready for a decision", where)
+
+
+def requester_decided(view: TaskView, decision: Decision, where: Where) -> Payload:
+    fallback = {
+        "AGREE": f"round {decision.round} approved",
+        "REJECT": f"round {decision.round} rejected",
+        None: f"round {decision.round} decided outside Slack",
+    }[decision.operate]
+    line = f"Round {decision.round}: {_decision_line(decision)}"
+    return _to_requester(view, line, fallback, where)
+
+
+def requester_ended(view: TaskView, where: Where) -> Payload:
+    if view.phase == Phase.SUCCEEDED:
+        return _to_requester(view, "🎉 Complete: the asset is ready.", "complete", where)
+    return _to_requester(view, f"❌ Failed: {_fail_message(view)}", "failed", where)
 
 
 def unknown_task_notice(task_id: str, tracked_by: str, error: str) -> Payload:

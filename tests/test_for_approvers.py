@@ -214,3 +214,74 @@ async def test_categories_are_a_setting(sim, fake, redis_url):
         await bot.until(rejected)
         [reject] = await sim_operations(bot, task.task_id)
         assert reject["reason"] == "[Teeth] gap"
+
+
+# --- the requester is told by direct message ---------------------------------------------------
+
+
+def _dms(bot: Bot, user: str) -> list[str]:
+    return [_text_of(m) for m in bot.fake.direct_messages(user)]
+
+
+async def test_whoever_tracked_a_task_is_told_when_its_demo_is_ready_decided_and_done(bot: Bot):
+    task_id, values = await _tracked_in_slack(bot, by="U0KIM")
+    record = await bot.record(task_id)
+    assert record.slack_permalink
+    await bot.until(lambda: _has_dms(bot, "U0KIM", 1))
+    [ready] = _dms(bot, "U0KIM")
+    assert "round 1 demo is ready" in ready and record.slack_permalink in ready
+
+    await bot.click("approve", values["approve"], user="U0ANA")
+    await bot.until(lambda: _succeeded(bot, task_id))
+    await bot.until(lambda: _has_dms(bot, "U0KIM", 3))
+    await bot.until(bot.published)
+    ready, decided, ended = _dms(bot, "U0KIM")  # each once, in order
+    assert "Approved by <@U0ANA>" in decided and record.slack_permalink in decided
+    assert "Complete" in ended and record.slack_permalink in ended
+
+
+async def _has_dms(bot: Bot, user: str, count: int) -> bool:
+    return len(bot.fake.direct_messages(user)) >= count
+
+
+async def test_a_requester_named_on_post_tasks_is_told_of_a_rejection_and_the_next_round(
+    bot: Bot,
+):
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id, requester="U0REQ")
+    record = await bot.posted(task.task_id)
+    assert record.tracked_by == "U0REQ"
+    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
+    [call] = await bot.fake.wait_for("views.open")
+    form = call.args["view"]
+    form = json.loads(form) if isinstance(form, str) else form
+    await bot.send(_submission(bot, form["private_metadata"], "drifts", category="Lip sync"))
+
+    await bot.until(lambda: _has_dms(bot, "U0REQ", 3))
+    await bot.until(bot.published)
+    ready, decided, again = _dms(bot, "U0REQ")
+    assert "round 1 demo is ready" in ready
+    assert "Rejected by <@U0BO>" in decided and "[Lip sync] drifts" in decided
+    assert "round 2 demo is ready" in again
+
+
+async def test_a_requester_must_be_a_slack_user_id(bot: Bot):
+    answer = await bot.http.post(
+        "/tasks",
+        json={"task_id": "t_requester", "requester": "alice"},
+        headers={"Authorization": "Bearer intake-token"},
+    )
+    assert answer.status_code == 422 and "requester" in answer.text
+
+
+async def test_a_requester_slack_will_not_reach_holds_nothing_up(bot: Bot):
+    bot.fake.users_unreachable.add("U0GONE")
+    task = bot.sim.sim.create_task()
+    await bot.track(task.task_id, requester="U0GONE")
+    record = await bot.posted(task.task_id)
+    await bot.click("approve", button_values(bot.parent(record))["approve"], user="U0ANA")
+    await bot.until(lambda: _succeeded(bot, task.task_id))
+    await bot.until(bot.published)
+    assert bot.fake.direct_messages("U0GONE") == []
+    refused = [c for c in bot.fake.calls_to("chat.postMessage") if c.args["channel"] == "U0GONE"]
+    assert len(refused) == 3  # ready, decided, complete: each tried once, none retried

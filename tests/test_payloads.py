@@ -171,6 +171,24 @@ def test_answers_to_one_person_fit_and_are_inert(view: TaskView) -> None:
     inert(messages.help_text())
 
 
+WHERE = st.builds(
+    messages.Where,
+    permalink=st.one_of(st.none(), URLS),
+    channel=st.one_of(st.none(), st.just("C0APPROVALS"), text(0, 20)),
+)
+
+
+@FAST
+@given(views(), WHERE)
+def test_direct_messages_to_the_requester_fit_and_are_inert(
+    view: TaskView, where: messages.Where
+) -> None:
+    valid_message(messages.requester_ready(view, where))
+    valid_message(messages.requester_ended(view, where))
+    for decision in view.decisions:
+        valid_message(messages.requester_decided(view, decision, where))
+
+
 @FAST
 @given(USERS, st.sampled_from(["approval", "rejection"]), st.integers(), LONG, LONG)
 def test_error_answers_fit_and_are_inert(user, action, code, message, request_id) -> None:

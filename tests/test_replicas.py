@@ -677,3 +677,29 @@ async def test_a_quorum_spread_over_replicas_and_a_restart_sends_one_agree(clust
     confirms = c.confirms(task.task_id)
     assert len(confirms) == 1, f"{len(confirms)} customerconfirm calls reached Tencent"
     assert confirms[0]["operate"] == "AGREE"
+
+
+async def test_the_requester_is_told_each_step_once_by_three_replicas(cluster: MakeCluster):
+    """Rule: each of the requester's direct messages (demo ready, decided, complete) is a step
+    of one event, marked when sent, so three publishers send each exactly once."""
+    c = await cluster(3)
+    task = c.sim.sim.create_task()
+    await c.track(task.task_id, requester="U0REQ")
+    record = await c.wait_posted(task.task_id)
+    await c.click(1, "approve", button_values(c.parent_of(record))["approve"], "U0ANA")
+
+    async def complete() -> bool:
+        loaded = await c.store.view(task.task_id)
+        return loaded is not None and loaded.view.phase == "succeeded"
+
+    await until(complete, 15, "the task complete", detail=c.tails)
+
+    def told() -> bool:
+        return len(c.fake.direct_messages("U0REQ")) >= 3
+
+    await until(told, 15, "three direct messages", detail=c.tails)
+    await until(c.published, 10, "every event handled")
+    ready, decided, ended = (blocks_text(m) for m in c.fake.direct_messages("U0REQ"))
+    assert "ready for a decision" in ready
+    assert "Approved by <@U0ANA>" in decided
+    assert "Complete" in ended
