@@ -45,7 +45,6 @@ def reason_problem(text: str) -> str | None:
 
 # m:ss or h:mm:ss (0:12, 12:05, 1:02:03): where in the demo the problem is.
 _TIMECODE = re.compile(r"(?:(?P<h>\d{1,2}):(?P<hm>[0-5]\d)|(?P<m>\d{1,2})):(?P<s>[0-5]\d)")
-TIMECODE_MAX = len("10:00:00") + 4  # the form field's length: room for a stray space or two
 
 
 @dataclass(frozen=True)
@@ -58,15 +57,17 @@ class RejectForm:
     reason: str
 
     @property
+    def prefix(self) -> str:
+        """What precedes the reason: `[Lip sync @0:12] `, `[Lip sync] `, or nothing."""
+        if self.category is None:
+            return ""
+        timecode = self.timecode.strip()
+        return f"[{self.category} @{timecode}] " if timecode else f"[{self.category}] "
+
+    @property
     def text(self) -> str:
         """The reason as Tencent receives it: `[Lip sync @0:12] mouth drifts after the pause`."""
-        reason = clean_reason(self.reason)
-        if self.category is None:
-            return reason
-        tag = (
-            f"{self.category} @{self.timecode.strip()}" if self.timecode.strip() else self.category
-        )
-        return f"[{tag}] {reason}"
+        return self.prefix + clean_reason(self.reason)
 
     def problems(self, categories: list[str]) -> dict[str, str]:
         """What is wrong, by the form's block id, in words for the modal; empty when nothing."""
@@ -80,10 +81,10 @@ class RejectForm:
             found[messages.TIMECODE_BLOCK] = "Give it as m:ss or h:mm:ss, e.g. 0:12 or 1:02:03."
         problem = reason_problem(self.reason)
         if problem is None and len(self.text) > REASON_MAX:
-            room = REASON_MAX - (len(self.text) - len(clean_reason(self.reason)))
+            room, typed = REASON_MAX - len(self.prefix), len(clean_reason(self.reason))
             problem = (
-                f"Tencent takes {REASON_MAX} characters with the category and timecode:"
-                f" at most {room} here, please ({len(clean_reason(self.reason))} now)."
+                f'Tencent takes {REASON_MAX} characters in all, "{self.prefix.strip()}" included:'
+                f" at most {room} here, please ({typed} now)."
             )
         if problem is not None:
             found[messages.REASON_BLOCK] = problem

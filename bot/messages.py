@@ -131,7 +131,8 @@ def _people(users: list[str]) -> str:
 
 def _votes(view: TaskView) -> str:
     """How far the current round is from its quorum: "Approvals 1 of 2: @ana"."""
-    required = max(view.required_approvals, view.votes.required if view.votes else 1)
+    # The setting as it is now: a quorum changed by a restart applies to votes already given.
+    required = view.required_approvals
     given = view.votes.users if view.votes else []
     if required <= 1:
         return ""

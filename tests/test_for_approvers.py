@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from bot.decisions import SELF_APPROVAL
+import pytest
+
+from bot.decisions import SELF_APPROVAL, RejectForm
 from tests.harness import Bot, run_bot, view_submission
 from tests.test_slack_flow import _ephemeral_to, _succeeded, button_values, sim_operations
 
@@ -285,3 +287,45 @@ async def test_a_requester_slack_will_not_reach_holds_nothing_up(bot: Bot):
     assert bot.fake.direct_messages("U0GONE") == []
     refused = [c for c in bot.fake.calls_to("chat.postMessage") if c.args["channel"] == "U0GONE"]
     assert len(refused) == 3  # ready, decided, complete: each tried once, none retried
+
+
+# --- the Reject form's rules, as a table ---------------------------------------------------------
+
+CATEGORIES = ["Lip sync", "Other"]
+
+
+@pytest.mark.parametrize(
+    ("category", "timecode", "reason", "sent"),
+    [
+        ("Lip sync", "0:12", "mouth drifts", "[Lip sync @0:12] mouth drifts"),
+        ("Lip sync", " 1:02:03 ", " drifts\n", "[Lip sync @1:02:03] drifts"),
+        ("Other", "", "hair", "[Other] hair"),
+        ("Other", "59:59", "x", "[Other @59:59] x"),
+        (None, "", "typed before categories", "typed before categories"),
+    ],
+)  # fmt: skip
+def test_what_tencent_receives(category, timecode, reason, sent):
+    form = RejectForm(category, timecode, reason)
+    assert form.problems(CATEGORIES) == {}
+    assert form.text == sent
+
+
+@pytest.mark.parametrize(
+    ("category", "timecode", "reason", "blocks"),
+    [
+        ("", "", "x", {"category"}),
+        ("Voice", "", "x", {"category"}),
+        ("Other", "12", "x", {"timecode"}),
+        ("Other", "0:60", "x", {"timecode"}),
+        ("Other", "1:60:00", "x", {"timecode"}),
+        ("Other", "100:00:00", "x", {"timecode"}),
+        ("Other", "-0:12", "x", {"timecode"}),
+        ("Other", "", "  ", {"reason"}),
+        ("Other", "", "x" * 292, set()),  # "[Other] " and 292: exactly 300
+        ("Other", "", "x" * 293, {"reason"}),
+        (None, "", "x" * 300, set()),
+        ("", "0:1", "", {"category", "timecode", "reason"}),
+    ],
+)
+def test_what_the_form_refuses_and_where(category, timecode, reason, blocks):
+    assert set(RejectForm(category, timecode, reason).problems(CATEGORIES)) == blocks
