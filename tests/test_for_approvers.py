@@ -9,7 +9,13 @@ import pytest
 
 from bot.decisions import SELF_APPROVAL, RejectForm
 from tests.harness import Bot, run_bot, view_submission
-from tests.test_slack_flow import _ephemeral_to, _succeeded, button_values, sim_operations
+from tests.test_slack_flow import (
+    _ephemeral_to,
+    _fault,
+    _succeeded,
+    button_values,
+    sim_operations,
+)
 
 
 async def _tracked_in_slack(bot: Bot, by: str) -> tuple[str, dict[str, str]]:
@@ -39,6 +45,18 @@ async def test_whoever_tracked_a_task_may_not_approve_it_but_may_reject_it(sim, 
         await bot.until(lambda: _succeeded(bot, task_id))
         [agree] = await sim_operations(bot, task_id)
         assert agree["operate"] == "AGREE"
+
+
+async def test_a_refused_self_approval_is_no_vote(sim, fake, redis_url):
+    settings = {"PREVENT_SELF_APPROVAL": True, "REQUIRED_APPROVALS": 2}
+    async with run_bot(sim, fake, redis_url, **settings) as bot:
+        task_id, values = await _tracked_in_slack(bot, by="U0KIM")
+        await bot.click("approve", values["approve"], user="U0KIM")
+        await bot.until(lambda: _ephemeral_to(bot, "U0KIM", SELF_APPROVAL))
+        loaded = await bot.store.view(task_id)
+        assert loaded is not None and loaded.view.votes is None
+        await bot.click("approve", values["approve"], user="U0ANA")
+        await bot.until(lambda: _ephemeral_to(bot, "U0ANA", "counted: 1 of 2"))
 
 
 async def test_without_the_setting_whoever_tracked_a_task_may_approve_it(bot: Bot):
@@ -122,6 +140,31 @@ async def test_one_reject_decides_at_once_and_the_next_round_starts_without_vote
         await bot.click("approve", round_two, user="U0ANA")
         await bot.until(lambda: _shows(bot, record, "Approvals 1 of 2: <@U0ANA>"))
         assert len(await sim_operations(bot, task.task_id)) == 1
+
+
+async def test_when_the_final_approval_fails_at_tencent_the_next_approve_sends_it(
+    sim, fake, redis_url
+):
+    async with run_bot(sim, fake, redis_url, REQUIRED_APPROVALS=2) as bot:
+        task = bot.sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        approve = button_values(bot.parent(record))["approve"]
+        await bot.click("approve", approve, user="U0ANA")
+        await bot.until(lambda: _ephemeral_to(bot, "U0ANA", "counted: 1 of 2"))
+
+        bot.sim.sim.add_fault(_fault("customerconfirm", code=100008, message="quota exceeded"))
+        await bot.click("approve", approve, user="U0BO")  # completes the quorum; Tencent refuses
+        await bot.until(lambda: _ephemeral_to(bot, "U0BO", "100008"))
+        assert await sim_operations(bot, task.task_id) == []
+        assert set(button_values(bot.parent(record))) == {"approve", "reject"}
+
+        await bot.click("approve", approve, user="U0ANA")  # a voter again: the quorum stands
+        await bot.until(lambda: _succeeded(bot, task.task_id))
+        [agree] = await sim_operations(bot, task.task_id)
+        assert agree["operate"] == "AGREE"
+        decision = await bot.store.decision(task.task_id, 1)
+        assert decision is not None and decision.approvers == ["U0ANA", "U0BO"]
 
 
 # --- structured reasons: a category and a timecode ---------------------------------------------
