@@ -194,12 +194,26 @@ class Runtime:
             token, settings.SLACK_API_URL, session=session, on_error=self.metrics.slack_failed
         )
         pace = ChannelPace(self.redis, settings.SLACK_POSTS_PER_SECOND)
-        thread = Thread(self.store, client, settings.SLACK_CHANNEL, pace, self.metrics)
+        thread = Thread(
+            self.store,
+            client,
+            settings.SLACK_CHANNEL,
+            pace,
+            metrics=self.metrics,
+            required_approvals=settings.REQUIRED_APPROVALS,
+        )
         approvers = Approvers(settings.APPROVERS, settings.APPROVER_GROUP, client)
         if approvers.anyone:
             log.warning("neither APPROVERS nor APPROVER_GROUP is set: anyone may decide")
         decider = Decider(
-            self.store, self.ivh, thread, approvers, claim_ttl=settings.DECISION_CLAIM_SECONDS
+            self.store,
+            self.ivh,
+            thread,
+            approvers,
+            claim_ttl=settings.DECISION_CLAIM_SECONDS,
+            prevent_self_approval=settings.PREVENT_SELF_APPROVAL,
+            required_approvals=settings.REQUIRED_APPROVALS,
+            reject_categories=settings.REJECT_CATEGORIES,
         )
         # Redirects are followed by bot.video, each hop re-checked; no proxies from the
         # environment (they would bypass the pinned, checked address).

@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.hosts import HostPolicy
-from bot.model import QuietHours, check_channel, describe_errors
+from bot.model import QuietHours, category_problem, check_channel, describe_errors
 
 DEFAULT_IVH_BASE_URL = "https://gw.tvs.qq.com"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -25,6 +25,16 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 # <bucket>.cos.<region>.tencentcos.cn, CDN <bucket>.file.myqcloud.com) and IVH's own
 # resource hosts (videomaker-resources.ivh.qq.com).
 DEFAULT_VIDEO_HOSTS = ("*.myqcloud.com", "*.tencentcos.cn", "*.ivh.qq.com")
+MAX_REQUIRED_APPROVALS = 20  # more approvers than a team can gather on one demo
+DEFAULT_REJECT_CATEGORIES = (
+    "Lip sync",
+    "Voice",
+    "Face / likeness",
+    "Outline / artifacts",
+    "Background",
+    "Motion",
+    "Other",
+)
 
 
 class SettingsError(Exception):
@@ -80,6 +90,11 @@ class Settings(BaseSettings):
 
     APPROVERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     APPROVER_GROUP: str | None = None
+    REQUIRED_APPROVALS: int = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
+    PREVENT_SELF_APPROVAL: bool = False
+    REJECT_CATEGORIES: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_REJECT_CATEGORIES)
+    )
 
     # Reminders and escalation of rounds nobody decides (README, "For approvers").
     REMIND_AFTER: float = Field(default=14_400.0, ge=0, le=30 * 86_400)  # 0: no reminders
@@ -137,6 +152,19 @@ class Settings(BaseSettings):
     @property
     def quiet_hours(self) -> QuietHours | None:
         return QuietHours.parse(self.QUIET_HOURS, self.REMIND_TZ) if self.QUIET_HOURS else None
+
+    @field_validator("REJECT_CATEGORIES", mode="before")
+    @classmethod
+    def _categories_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("REJECT_CATEGORIES")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        problem = category_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("VIDEO_HOSTS", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 CLAIM_TTL = 120.0  # longer than a confirmation call can take; a dead claimer's claim expires
 Notify = Callable[[str], Awaitable[None]]
+SELF_APPROVAL = (
+    "You tracked this task, so another approver must approve it (PREVENT_SELF_APPROVAL is on)."
+    " You may still reject it."
+)
 
 
 def clean_reason(text: str) -> str:
@@ -36,6 +41,54 @@ def reason_problem(text: str) -> str | None:
     if len(reason) > REASON_MAX:
         return f"At most {REASON_MAX} characters, please ({len(reason)} now)."
     return None
+
+
+# m:ss or h:mm:ss (0:12, 12:05, 1:02:03): where in the demo the problem is.
+_TIMECODE = re.compile(r"(?:(?P<h>\d{1,2}):(?P<hm>[0-5]\d)|(?P<m>\d{1,2})):(?P<s>[0-5]\d)")
+
+
+@dataclass(frozen=True)
+class RejectForm:
+    """What the Reject form holds: a category (None on a form opened before categories
+    existed), an optional timecode, and the reason in words."""
+
+    category: str | None
+    timecode: str
+    reason: str
+
+    @property
+    def prefix(self) -> str:
+        """What precedes the reason: `[Lip sync @0:12] `, `[Lip sync] `, or nothing."""
+        if self.category is None:
+            return ""
+        timecode = self.timecode.strip()
+        return f"[{self.category} @{timecode}] " if timecode else f"[{self.category}] "
+
+    @property
+    def text(self) -> str:
+        """The reason as Tencent receives it: `[Lip sync @0:12] mouth drifts after the pause`."""
+        return self.prefix + clean_reason(self.reason)
+
+    def problems(self, categories: list[str]) -> dict[str, str]:
+        """What is wrong, by the form's block id, in words for the modal; empty when nothing."""
+        found: dict[str, str] = {}
+        if self.category is not None and self.category not in categories:
+            found[messages.CATEGORY_BLOCK] = (
+                "Pick a category." if not self.category else "Pick one of the categories offered."
+            )
+        timecode = self.timecode.strip()
+        if timecode and _TIMECODE.fullmatch(timecode) is None:
+            found[messages.TIMECODE_BLOCK] = "Give it as m:ss or h:mm:ss, e.g. 0:12 or 1:02:03."
+        problem = reason_problem(self.reason)
+        if problem is None and len(self.text) > REASON_MAX:
+            room, typed = REASON_MAX - len(self.prefix), len(clean_reason(self.reason))
+            problem = (
+                f'Tencent takes {REASON_MAX} characters in all, "{self.prefix.strip()}" included:'
+                f" at most {room} here, please ({typed} now)."
+            )
+        if problem is not None:
+            found[messages.REASON_BLOCK] = problem
+        return found
 
 
 def round_refusal(loaded: Loaded | None, round_: int) -> str | None:
@@ -61,8 +114,14 @@ class Decider:
         approvers: Approvers,
         *,
         claim_ttl: float = CLAIM_TTL,
+        prevent_self_approval: bool = False,
+        required_approvals: int = 1,
+        reject_categories: list[str] | None = None,
     ) -> None:
+        self.reject_categories = list(reject_categories or [])
         self._claim_ttl = claim_ttl
+        self._required = required_approvals
+        self._prevent_self_approval = prevent_self_approval
         self._store = store
         self._ivh = ivh
         self._thread = thread
@@ -78,6 +137,15 @@ class Decider:
             return f"Only approvers can decide ({self._approvers.describe()})."
         return None
 
+    async def _self_refusal(self, task_id: str, user: str, operate: Operate) -> str | None:
+        """With PREVENT_SELF_APPROVAL, whoever tracked the task may reject it, not approve it."""
+        if not self._prevent_self_approval or operate != "AGREE":
+            return None
+        record = await self._store.get(task_id)
+        if record is None or record.tracked_by != user:
+            return None
+        return SELF_APPROVAL
+
     async def decide(
         self,
         task_id: str,
@@ -86,14 +154,28 @@ class Decider:
         operate: Operate,
         notify: Notify,
         reason: str = "",
+        category: str | None = None,
     ) -> None:
         """Claim the round, send the decision once, and show the outcome (or why not)."""
-        refusal = await self._user_refusal(user)  # before the claim: it would block approvers
+        # Before the claim: it would block approvers.
+        refusal = await self._user_refusal(user) or await self._self_refusal(task_id, user, operate)
         if refusal:
             await notify(refusal)
             return
+        approvers: list[str] = []
+        if operate == "AGREE" and self._required > 1:
+            quorum = await self._vote(task_id, round_, user, notify)
+            if quorum is None:
+                return
+            approvers = quorum
         claim = Claim(
-            user=user, operate=operate, at=time.time(), token=uuid.uuid4().hex, reason=reason
+            user=user,
+            operate=operate,
+            at=time.time(),
+            token=uuid.uuid4().hex,
+            reason=reason,
+            approvers=approvers,
+            category=category,
         )
         holder, loaded = await self._store.claim(task_id, round_, claim, self._claim_ttl)
         if holder is not None:
@@ -122,6 +204,32 @@ class Decider:
             record = await self._store.get(task_id)
             if outcome.in_thread and record is not None:
                 await self._thread.reply(record, {"text": outcome.text})
+
+    async def _vote(self, task_id: str, round_: int, user: str, notify: Notify) -> list[str] | None:
+        """Count `user`'s approval; the approvers once the quorum is reached (the caller then
+        sends AGREE under the round's claim, as a single approval would), else None."""
+        refusal = round_refusal(await self._store.view(task_id), round_)
+        if refusal:
+            await notify(refusal)
+            return None
+        votes, added = await self._store.vote(task_id, round_, user, self._required)
+        given, required = len(votes.users), self._required
+        if given >= required:
+            # The approval that completes the quorum, or a later click after the final call
+            # failed: the claim lets one of them through, and a recorded decision none.
+            return votes.users
+        await self._thread.refresh(task_id)
+        if added:
+            await notify(
+                f"Your approval is counted: {given} of {required}. The demo is accepted when"
+                f" {required} approvers have approved it."
+            )
+        else:
+            await notify(
+                f"You have approved round {round_} already ({given} of {required});"
+                " your approval counts once."
+            )
+        return None
 
     async def _send(
         self, task_id: str, round_: int, claim: Claim, seen: Snapshot | None
@@ -185,6 +293,8 @@ def decision_from(claim: Claim, round_: int, request_id: str = "") -> Decision:
         at=time.time(),
         reason=claim.reason,
         request_id=request_id,
+        approvers=claim.approvers,
+        category=claim.category,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +20,16 @@ class TrackRequest(BaseModel):
     task_id: str = Field(strict=True)
     channel: str | None = None
     title: str | None = Field(default=None, max_length=200)
+    requester: str | None = None  # a Slack user id: told of the task's progress by DM
+
+    @field_validator("requester")
+    @classmethod
+    def _requester(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.fullmatch(r"[UW][A-Z0-9]{2,30}", value):
+            raise ValueError("expected a Slack user id such as U012ABCDEF")
+        return value
 
     @field_validator("task_id")
     @classmethod
@@ -46,9 +57,14 @@ class TrackRequest(BaseModel):
 async def track_task(
     store: Store, request: TrackRequest, *, tracked_by: str
 ) -> tuple[TaskRecord, bool]:
-    """Track a task idempotently; returns its record and whether polling (re)started."""
+    """Track a task idempotently; returns its record and whether polling (re)started. A
+    `requester` named in the request is who tracked it (told by DM, kept from approving it
+    with PREVENT_SELF_APPROVAL), rather than the channel it came through (`tracked_by`)."""
     return await store.track(
-        request.task_id, channel=request.channel, title=request.title, tracked_by=tracked_by
+        request.task_id,
+        channel=request.channel,
+        title=request.title,
+        tracked_by=request.requester or tracked_by,
     )
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-from bot.model import REASON_MAX, Decision, Phase, TaskView
+from bot.model import REASON_MAX, Decision, Phase, TaskView, is_channel_id
 
 APPROVE = "approve"
 REJECT = "reject"
@@ -15,6 +15,11 @@ WATCH = "watch_demo"
 REJECT_VIEW = "reject_reason"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
+CATEGORY_BLOCK = "category"
+CATEGORY_INPUT = "category_select"
+TIMECODE_BLOCK = "timecode"
+TIMECODE_INPUT = "timecode_input"
+TIMECODE_LENGTH = 12  # h:mm:ss and a few stray spaces; checked on submit
 
 Payload = dict[str, Any]
 
@@ -114,8 +119,26 @@ def _decision_line(decision: Decision) -> str:
     if decision.source == "elsewhere":
         return f"Decided outside Slack (e.g. the Tencent console), seen {when}"
     if decision.operate == "AGREE":
-        return f"✅ Approved by {who(decision.user)} {when}"
+        return f"✅ Approved by {_people(decision.approvers or [decision.user])} {when}"
     return f"↩️ Rejected by {who(decision.user)} {when}\n>{_quoted(decision.reason)}"
+
+
+def _people(users: list[str]) -> str:
+    """`@ana`, `@ana and @bo`, `@ana, @bo and @cy`."""
+    named = [who(user) for user in users] or ["someone"]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def _votes(view: TaskView) -> str:
+    """How far the current round is from its quorum: "Approvals 1 of 2: @ana"."""
+    # The setting as it is now: a quorum changed by a restart applies to votes already given.
+    required = view.required_approvals
+    given = view.votes.users if view.votes else []
+    if required <= 1:
+        return ""
+    if not given:
+        return f"Needs {required} approvals."
+    return f"Approvals {len(given)} of {required}: " + ", ".join(who(user) for user in given)
 
 
 def _quoted(reason: str) -> str:
@@ -127,7 +150,9 @@ def _status(view: TaskView) -> str:
     decision = view.current_decision
     match view.phase:
         case Phase.PENDING:
-            return f"⏳ *Round {view.round} waits for a decision.* Watch the demo, then decide."
+            waits = f"⏳ *Round {view.round} waits for a decision.* Watch the demo, then decide."
+            votes = _votes(view)
+            return f"{waits}\n{votes}" if votes else waits
         case Phase.TRAINING:
             return "🛠️ Training; the demo will be posted here when it is ready."
         case Phase.APPROVED | Phase.REJECTED | Phase.ELSEWHERE if decision is not None:
@@ -232,6 +257,8 @@ def _buttons(view: TaskView) -> Payload:
 def _approve_question(view: TaskView) -> str:
     before = f"Round {view.round} of "
     after = " will be accepted and delivered. This cannot be undone."
+    if view.required_approvals > 1:
+        after = f": your approval is one of the {view.required_approvals} it needs to be accepted."
     room = CONFIRM_TEXT_MAX - len(before) - len(after)
     return before + clip(_name(view), room) + after
 
@@ -390,8 +417,44 @@ def error_text(user: str, action: str, code: int | None, message: str, request_i
     )
 
 
-def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
+def _category_input(categories: Sequence[str]) -> Payload:
+    return {
+        "type": "input",
+        "block_id": CATEGORY_BLOCK,
+        "label": {"type": "plain_text", "text": "What is wrong?"},
+        "element": {
+            "type": "static_select",
+            "action_id": CATEGORY_INPUT,
+            "placeholder": {"type": "plain_text", "text": "Pick a category"},
+            "options": [
+                {"text": {"type": "plain_text", "text": c}, "value": c} for c in categories
+            ],
+        },
+    }
+
+
+def _timecode_input() -> Payload:
+    return {
+        "type": "input",
+        "block_id": TIMECODE_BLOCK,
+        "optional": True,
+        "label": {"type": "plain_text", "text": "Where in the video?"},
+        "hint": {"type": "plain_text", "text": "m:ss or h:mm:ss, e.g. 0:12 or 1:02:03"},
+        "element": {
+            "type": "plain_text_input",
+            "action_id": TIMECODE_INPUT,
+            "max_length": TIMECODE_LENGTH,
+            "placeholder": {"type": "plain_text", "text": "0:12"},
+        },
+    }
+
+
+def reject_modal(
+    task_id: str, round_: int, title: str | None, categories: Sequence[str] = ()
+) -> Payload:
+    """The Reject form: a category and a timecode (when categories are given) and the reason."""
     name = clip(escape(title) if title else f"Task {escape(task_id)}", 1000)
+    structured = [_category_input(categories), _timecode_input()] if categories else []
     return {
         "type": "modal",
         "callback_id": REJECT_VIEW,
@@ -401,6 +464,7 @@ def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             _section(f"*{name}*, round {round_}\nThe task goes back for another round."),
+            *structured,
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,
@@ -415,6 +479,57 @@ def reject_modal(task_id: str, round_: int, title: str | None) -> Payload:
             },
         ],
     }
+
+
+# --- direct messages to whoever tracked the task -------------------------------------------
+
+
+def is_user(user: str) -> bool:
+    """Whether `user` is a Slack user id (someone to DM), not "api", "cli" or "demo"."""
+    return user.startswith(("U", "W")) and user.isalnum() and user.isupper()
+
+
+class Where(NamedTuple):
+    """Where a task's thread is: its permalink, else its channel."""
+
+    permalink: str | None
+    channel: str | None
+
+
+def _to_requester(view: TaskView, line: str, fallback: str, where: Where) -> Payload:
+    """A DM about the task: what happened, and a link to its thread (or its channel)."""
+    heading = f"*{clip(_name(view), 400)}* {_task(view.task_id)}"
+    permalink, channel = where
+    if permalink:
+        link = _link(permalink, "Open the thread")
+    elif channel and is_channel_id(channel):
+        link = f"The thread is in <#{channel}>."
+    else:
+        link = ""
+    body = "\n".join(part for part in (heading, line, link) if part)
+    name = clip(escape(view.title) if view.title else f"task {escape(view.task_id)}", 400)
+    return {"text": f"{name}: {fallback}", "blocks": [_section(body)]}
+
+
+def requester_ready(view: TaskView, where: Where) -> Payload:
+    line = f"🎬 The round {view.round} demo is ready for a decision."
+    return _to_requester(view, line, f"round {view.round} is ready for a decision", where)
+
+
+def requester_decided(view: TaskView, decision: Decision, where: Where) -> Payload:
+    fallback = {
+        "AGREE": f"round {decision.round} approved",
+        "REJECT": f"round {decision.round} rejected",
+        None: f"round {decision.round} decided outside Slack",
+    }[decision.operate]
+    line = f"Round {decision.round}: {_decision_line(decision)}"
+    return _to_requester(view, line, fallback, where)
+
+
+def requester_ended(view: TaskView, where: Where) -> Payload:
+    if view.phase == Phase.SUCCEEDED:
+        return _to_requester(view, "🎉 Complete: the asset is ready.", "complete", where)
+    return _to_requester(view, f"❌ Failed: {_fail_message(view)}", "failed", where)
 
 
 def unknown_task_notice(task_id: str, tracked_by: str, error: str) -> Payload:

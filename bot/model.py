@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # --- limits --------------------------------------------------------------------------------
 
 REASON_MAX = 300  # a REJECT's reason, as Tencent accepts it
+CATEGORY_MAX = 40  # a reject category: it prefixes the reason sent to Tencent
+CATEGORIES_MAX = 100  # options in a Slack static_select
 TASK_ID_MAX = 128  # our bound on an opaque task id
 
 # A channel is kept by its id (public C…, private G… or C…, direct message D…): Slack's
@@ -38,6 +40,23 @@ def check_channel(value: str) -> str:
             " channel's history by id; the channel's details in Slack end with it)"
         )
     raise ValueError("expected a Slack channel id such as C0123ABCD")
+
+
+def category_problem(categories: list[str]) -> str | None:
+    """Why a list of reject categories cannot be offered in the Reject form, or None."""
+    if not categories:
+        return "expected at least one category"
+    if len(categories) > CATEGORIES_MAX:
+        return f"at most {CATEGORIES_MAX} categories (a Slack menu holds no more)"
+    if len(set(categories)) != len(categories):
+        return "a category is listed twice"
+    for category in categories:
+        if len(category) > CATEGORY_MAX or not category.isprintable() or "]" in category:
+            return (
+                f"a category is 1-{CATEGORY_MAX} printable characters without ], got"
+                f" {category[:60]!r}"
+            )
+    return None
 
 
 def check_task_id(value: str) -> str:
@@ -276,6 +295,16 @@ class Decision(BaseModel):
     reason: str = ""
     request_id: str = ""
     source: Source = "slack"
+    # With REQUIRED_APPROVALS > 1: everyone whose approval counted, in the order they voted.
+    approvers: list[str] = []
+    category: str | None = None  # a REJECT's category from the form; None before categories
+
+
+class Votes(BaseModel):
+    """The approvals given so far in one round, when it takes more than one."""
+
+    users: list[str]
+    required: int
 
 
 class Upload(BaseModel):
@@ -298,6 +327,8 @@ class TaskView(BaseModel):
     round: int
     demo_urls: list[str] = []
     decisions: list[Decision] = []
+    votes: Votes | None = None  # the current round's approvals, while it takes several
+    required_approvals: int = 1
     upload: Upload | None = None
     tencent_reject_reason: str = ""
     fail_message: str = ""
@@ -323,6 +354,8 @@ class Claim(BaseModel):
     at: float
     token: str
     reason: str = ""
+    approvers: list[str] = []  # the quorum this AGREE completes, when it takes several
+    category: str | None = None  # a REJECT's category, kept with its decision
 
 
 class TaskState(StrEnum):

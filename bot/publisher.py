@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from redis.exceptions import RedisError
@@ -21,7 +21,7 @@ from bot.decisions import decision_from
 from bot.events import operate_that_left
 from bot.hosts import HostPolicy
 from bot.logs import log_context
-from bot.model import Claim, Decision, Event, EventType, TaskRecord, Upload
+from bot.model import Claim, Decision, Event, EventType, TaskRecord, TaskView, Upload
 from bot.slack import Busy, Thread, slack_error, slack_explanation
 from bot.store import Store
 from bot.video import VideoError, copy_to_thread
@@ -46,6 +46,11 @@ FATAL_SLACK_ERRORS = frozenset(
 # A payload Slack refuses is refused again: a bug of ours, told with Slack's explanation.
 REFUSED_PAYLOAD_ERRORS = frozenset(
     {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "invalid_arguments"}
+)
+# A direct message Slack will not deliver to that user, whatever the retry: logged, then skipped
+# (the channel's thread still has everything).
+UNREACHABLE_USER_ERRORS = frozenset(
+    {"channel_not_found", "user_not_found", "user_disabled", "cannot_dm_bot", "is_archived"}
 )
 
 
@@ -319,6 +324,10 @@ class Publisher:
             await self._thread.refresh(event.task_id)
         if unsettled and not await self._settle(event.task_id, previous, "REJECT", event.at):
             raise RetryLater(f"a decision on round {previous} from Slack is in flight")
+        if event.type == EventType.ROUND_CHANGED:
+            # Retrained quicker than a poll: no left_confirmation told the previous decision.
+            await self._tell_decided(entry_id, event.task_id, previous)
+        await self._tell_requester(entry_id, "dm:ready", event.task_id, messages.requester_ready)
 
     async def _copy_videos(self, entry_id: str, event: Event) -> None:
         task_id = event.task_id
@@ -379,6 +388,47 @@ class Publisher:
     async def _left(self, entry_id: str, event: Event) -> None:
         if not await self._settle(event.task_id, event.round, operate_that_left(event), event.at):
             raise RetryLater("a decision from Slack is in flight")
+        await self._tell_decided(entry_id, event.task_id, event.round)
+
+    async def _tell_decided(self, entry_id: str, task_id: str, round_: int) -> None:
+        decision = await self._store.decision(task_id, round_)
+        if decision is None:
+            return
+
+        def decided(view: TaskView, where: messages.Where) -> messages.Payload:
+            assert decision is not None
+            return messages.requester_decided(view, decision, where)
+
+        await self._tell_requester(entry_id, "dm:decided", task_id, decided)
+
+    async def _tell_requester(
+        self,
+        entry_id: str,
+        step: str,
+        task_id: str,
+        build: Callable[[TaskView, messages.Where], messages.Payload],
+    ) -> None:
+        """DM whoever tracked the task (a Slack user) once per event: its step is marked when
+        sent, or when Slack will never deliver it. Other Slack errors retry the event."""
+        if not await self._to_do(entry_id, step):
+            return
+        loaded = await self._store.view(task_id)
+        if loaded is None or not messages.is_user(loaded.record.tracked_by):
+            return
+        record, view = loaded
+        where = messages.Where(record.slack_permalink, record.slack_channel)
+        try:
+            await self._thread.post(record.tracked_by, **build(view, where))
+        except SlackApiError as error:
+            if slack_error(error) not in UNREACHABLE_USER_ERRORS:
+                raise
+            log.warning(
+                "task %s: cannot send a direct message to %s (%s); skipped",
+                task_id,
+                record.tracked_by,
+                slack_error(error),
+            )
+        await self._store.mark_step(entry_id, step)
 
     async def _settle(self, task_id: str, round_: int, moved_by: str | None, at: float) -> bool:
         """Tencent closed `round_`: make sure it is recorded, shown and told in the thread.
@@ -421,6 +471,7 @@ class Publisher:
         if loaded is not None and await self._to_do(entry_id, "reply"):
             await self._thread.reply(record, messages.ending_reply(loaded.view), broadcast=False)
             await self._store.mark_step(entry_id, "reply")
+        await self._tell_requester(entry_id, "dm:ended", event.task_id, messages.requester_ended)
         await self._store.retire(event.task_id)
 
     async def _unknown(self, entry_id: str, event: Event) -> None:

@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
 from bot import messages
 from bot.logs import log_context
 from bot.metrics import Metrics
-from bot.model import Decision, TaskRecord, is_channel_id
+from bot.model import Decision, TaskRecord, TaskView, is_channel_id
 from bot.ratelimit import RedisRateLimiter
 from bot.store import Store, parent_lock, post_rate_key, reply_lock
 
@@ -156,7 +156,9 @@ class Thread:
         default_channel: str | None,
         pace: ChannelPace | None = None,
         metrics: Metrics | None = None,
+        required_approvals: int = 1,
     ) -> None:
+        self._required_approvals = required_approvals
         self.store = store
         self.client = client
         self.default_channel = default_channel
@@ -197,7 +199,7 @@ class Thread:
             if found is None:
                 await self.store.mark_posting(task_id, time.time())
                 answer = await self.post(
-                    channel, metadata=messages.task_metadata(task_id), **messages.task_message(view)
+                    channel, metadata=messages.task_metadata(task_id), **self._message(view)
                 )
                 found = str(answer["channel"]), str(answer["ts"])
                 log.info("task %s: posted to %s at %s", task_id, *found)
@@ -306,7 +308,7 @@ class Thread:
             return
         try:
             await self.client.chat_update(
-                channel=record.slack_channel, ts=record.slack_ts, **messages.task_message(view)
+                channel=record.slack_channel, ts=record.slack_ts, **self._message(view)
             )
         except SlackApiError as error:
             if slack_error(error) != "message_not_found":
@@ -314,6 +316,11 @@ class Thread:
             log.warning("task %s: its message was deleted; posting it again", task_id)
             await self.store.clear_slack_message(task_id)
             await self.ensure_parent(task_id)
+
+    def _message(self, view: TaskView) -> dict[str, Any]:
+        """The task's message, saying how many approvals a round takes."""
+        view = view.model_copy(update={"required_approvals": self._required_approvals})
+        return messages.task_message(view)
 
     async def announce(self, task_id: str, decision: Decision) -> bool:
         """Record a round's decision (the first recorded stands), show it in the message and

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.model import Decision, Phase, TaskRecord, TaskView, Upload
+from bot.model import Decision, Phase, TaskRecord, TaskView, Upload, Votes
 
 
 def phase_of(record: TaskRecord, decision: Decision | None) -> Phase:
@@ -26,6 +26,7 @@ def view_of(
     decisions: dict[int, Decision],
     uploads: dict[int, Upload],
     demos: dict[int, list[str]],
+    votes: dict[int, Votes] | None = None,
 ) -> TaskView:
     snapshot = record.snapshot
     current = record.round
@@ -38,6 +39,7 @@ def view_of(
         round=current,
         demo_urls=demos.get(current, []),
         decisions=[decisions[n] for n in sorted(decisions)],
+        votes=(votes or {}).get(current),
         upload=uploads.get(current),
         tencent_reject_reason=snapshot.reject_reason if snapshot else "",
         fail_message=snapshot.fail_message if snapshot else "",

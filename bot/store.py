@@ -26,6 +26,7 @@ from bot.model import (
     TaskRecord,
     TaskState,
     Upload,
+    Votes,
 )
 from bot.state import view_of
 
@@ -94,6 +95,10 @@ def uploads_key(task_id: str) -> str:
 
 def demos_key(task_id: str) -> str:
     return f"{PREFIX}demos:{task_id}"  # hash: round -> demo URLs
+
+
+def votes_key(task_id: str) -> str:
+    return f"{PREFIX}votes:{task_id}"  # hash: round -> Votes (the approvals given so far)
 
 
 def claim_key(task_id: str, round_: int) -> str:
@@ -256,6 +261,21 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
 
+# One approval of a round: ARGV[2] counts once however often it is given, and the count is
+# read in the same step, so exactly one approval sees the quorum reached first.
+_VOTE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local users = {}
+if raw then users = cjson.decode(raw)['users'] end
+for _, user in ipairs(users) do
+  if user == ARGV[2] then return {#users, 0, raw} end
+end
+table.insert(users, ARGV[2])
+local votes = cjson.encode({users = users, required = tonumber(ARGV[3])})
+redis.call('HSET', KEYS[1], ARGV[1], votes)
+return {#users, 1, votes}
+"""
+
 # Delete a claim or a lock only if it still carries our token.
 _RELEASE = """
 local raw = redis.call('GET', KEYS[1])
@@ -278,6 +298,7 @@ class Store:
         self._record = redis.register_script(_RECORD)
         self._release = redis.register_script(_RELEASE)
         self._keep_owned = redis.register_script(_KEEP_OWNED)
+        self._vote = redis.register_script(_VOTE)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -461,6 +482,14 @@ class Store:
             if _text(group.get("name", b"")) == PUBLISHERS:
                 return int(group.get("lag") or 0), int(group.get("pending") or 0)
         return 0, 0
+
+    async def vote(self, task_id: str, round_: int, user: str, required: int) -> tuple[Votes, bool]:
+        """Add `user`'s approval of a round (once); the approvals so far, and whether this one
+        was new. Atomic across replicas: each count is seen by exactly one approval."""
+        _, added, raw = await self._vote(
+            keys=[votes_key(task_id)], args=[str(round_), user, str(required)]
+        )
+        return Votes.model_validate_json(raw), bool(added)
 
     async def decision_replied(self, task_id: str, round_: int) -> bool:
         return bool(await self.redis.hexists(replies_key(task_id), str(round_)))
@@ -715,6 +744,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         uploads_key(task_id),
         demos_key(task_id),
         replies_key(task_id),
+        votes_key(task_id),
     )
 
 
@@ -769,10 +799,11 @@ def _read_view(pipe: Pipeline, task_id: str) -> None:
     pipe.hgetall(decisions_key(task_id))
     pipe.hgetall(uploads_key(task_id))
     pipe.hgetall(demos_key(task_id))
+    pipe.hgetall(votes_key(task_id))
 
 
 def _view_from(replies: list[Any]) -> Loaded | None:
-    raw, decisions, uploads, demos = replies
+    raw, decisions, uploads, demos, votes = replies
     if not raw:
         return None
     record = TaskRecord.from_hash(_decode(raw))
@@ -781,5 +812,6 @@ def _view_from(replies: list[Any]) -> Loaded | None:
         {int(k): Decision.model_validate_json(v) for k, v in _decode(decisions).items()},
         {int(k): Upload.model_validate_json(v) for k, v in _decode(uploads).items()},
         {int(k): json.loads(v) for k, v in _decode(demos).items()},
+        {int(k): Votes.model_validate_json(v) for k, v in _decode(votes).items()},
     )
     return Loaded(record, view)

@@ -122,9 +122,8 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
             record = await store.get(task_id)
             title = record.title if record else None
             try:
-                await client.views_open(
-                    trigger_id=trigger, view=messages.reject_modal(task_id, round_, title)
-                )
+                form = messages.reject_modal(task_id, round_, title, decider.reject_categories)
+                await client.views_open(trigger_id=trigger, view=form)
             except SlackApiError as error:
                 error_code = error.response.get("error")
                 log.warning("reject modal for %s not opened: %s", task_id, error_code)

@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
-from bot.decisions import Decider, clean_reason, reason_problem
+from bot.decisions import Decider, RejectForm
 from bot.store import Store
 from handlers.guard import guarded
 from handlers.handoff import Handoff
@@ -20,6 +20,18 @@ from handlers.untrusted import text_of, user_of
 log = logging.getLogger(__name__)
 
 CHECK_BUDGET = 2.0  # Slack closes the modal with an error after 3 s
+
+
+def _form(values: dict[str, Any]) -> RejectForm:
+    """The submitted form's fields. A form without the category block was opened before
+    categories existed (a rolling upgrade): its reason goes to Tencent as it was typed."""
+    reason = text_of(values[messages.REASON_BLOCK][messages.REASON_INPUT].get("value"))
+    category: str | None = None
+    if messages.CATEGORY_BLOCK in values:
+        picked = values[messages.CATEGORY_BLOCK][messages.CATEGORY_INPUT].get("selected_option")
+        category = text_of(picked.get("value")) if isinstance(picked, dict) else ""
+    timecode = values.get(messages.TIMECODE_BLOCK, {}).get(messages.TIMECODE_INPUT, {})
+    return RejectForm(category, text_of(timecode.get("value")), reason)
 
 
 def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff) -> None:
@@ -32,8 +44,7 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
         try:
             if user is None:
                 raise ValueError("no user")
-            field = view["state"]["values"][messages.REASON_BLOCK][messages.REASON_INPUT]
-            raw = text_of(field.get("value"))
+            form = _form(view["state"]["values"])
             task_id, round_ = messages.parse_button_value(text_of(view["private_metadata"]))
         except (KeyError, TypeError, ValueError, AttributeError):
             await ack(
@@ -41,16 +52,18 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
                 errors={messages.REASON_BLOCK: "This form is no longer valid; close it."},
             )
             return
-        problem = reason_problem(raw)
-        if problem is None:
+        problems = form.problems(decider.reject_categories)
+        if not problems:
             try:
-                problem = await asyncio.wait_for(
+                refusal = await asyncio.wait_for(
                     decider.refusal(task_id, round_, user), timeout=CHECK_BUDGET
                 )
             except TimeoutError:
-                problem = None  # decide() checks again after the ack
-        if problem:
-            await ack(response_action="errors", errors={messages.REASON_BLOCK: problem})
+                refusal = None  # decide() checks again after the ack
+            if refusal:
+                problems[messages.REASON_BLOCK] = refusal
+        if problems:
+            await ack(response_action="errors", errors=problems)
             return
         await ack()
 
@@ -63,5 +76,7 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
             except SlackApiError as error:
                 log.warning("ephemeral to %s failed: %s", user, error.response.get("error"))
 
-        decision = decider.decide(task_id, round_, user, "REJECT", notify, reason=clean_reason(raw))
+        decision = decider.decide(
+            task_id, round_, user, "REJECT", notify, reason=form.text, category=form.category
+        )
         handoff.start(f"reject {task_id}", decision, notify)

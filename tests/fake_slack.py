@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,6 +129,7 @@ class FakeSlack:
         self.app_token = app_token  # the app-level token apps.connections.open accepts
         self.strict_channels = strict_channels
         self.scopes = list(BOT_SCOPES)  # what the bot token was granted: the manifest's
+        self.users_unreachable: set[str] = set()  # user ids whose DMs Slack refuses
         self.team_id, self.bot_user_id, self.bot_id = "T0TEST", "U0BOT", "B0BOT"
         self.url = ""
         self.api_url = ""
@@ -202,6 +204,11 @@ class FakeSlack:
 
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
+
+    def direct_messages(self, user: str) -> list[Message]:
+        """What the bot sent `user` in their direct message with it, oldest first."""
+        dm = "D" + user[1:]
+        return sorted((m for m in self.messages.values() if m.channel == dm), key=lambda m: m.ts)
 
     def message(self, channel: str, ts: str) -> Message:
         return self.messages[(self._channel_id(channel) or channel, ts)]
@@ -474,7 +481,13 @@ class FakeSlack:
         return channel if channel in self.channels else None
 
     def _resolve(self, channel: str) -> str:
-        """The id of a channel named by id or "#name"; unknown ones are created unless strict."""
+        """The id of a channel named by id or "#name"; unknown ones are created unless strict.
+        A user id names the bot's direct message with that user (as chat.postMessage has it),
+        a D… channel of its own."""
+        if channel in self.users_unreachable:
+            raise SlackError("user_not_found")
+        if re.fullmatch(r"[UW][A-Z0-9]+", channel):
+            return self.add_channel(f"dm-{channel}", "D" + channel[1:])
         if found := self._channel_id(channel):
             return found
         if self.strict_channels:

@@ -13,8 +13,9 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot import messages
+from bot.config import MAX_REQUIRED_APPROVALS
 from bot.ivh import REASON_MAX
-from bot.model import TASK_ID_MAX
+from bot.model import CATEGORIES_MAX, CATEGORY_MAX, TASK_ID_MAX, Votes, category_problem
 from bot.state import Decision, Phase, TaskView, Upload
 
 # Characters that mean something to Slack's mrkdwn, mentions that would ping, and text that
@@ -49,6 +50,8 @@ URLS = st.one_of(
     text(0, 30),
 )
 LONG = st.one_of(text(), exactly(5000))
+QUORUMS = st.integers(1, MAX_REQUIRED_APPROVALS)
+APPROVERS = st.lists(USERS, max_size=MAX_REQUIRED_APPROVALS)
 ASSETS = st.lists(
     st.dictionaries(st.sampled_from(["AssetType", "AssetId", "Type", "Id", "x"]), LONG),
     max_size=60,
@@ -67,6 +70,7 @@ def views(draw: st.DrawFn) -> TaskView:
             reason=draw(REASONS),
             request_id=draw(st.one_of(text(0, 40), exactly(300))),
             source=draw(st.sampled_from(["slack", "elsewhere"])),
+            approvers=draw(APPROVERS),
         )
         for n in range(1, current + 1)
         if n < current or draw(st.booleans())
@@ -80,6 +84,8 @@ def views(draw: st.DrawFn) -> TaskView:
         round=current,
         demo_urls=draw(st.lists(URLS, max_size=12)),
         decisions=decisions,
+        votes=draw(st.one_of(st.none(), st.builds(Votes, users=APPROVERS, required=QUORUMS))),
+        required_approvals=draw(QUORUMS),
         upload=draw(
             st.one_of(
                 st.none(),
@@ -165,6 +171,24 @@ def test_answers_to_one_person_fit_and_are_inert(view: TaskView) -> None:
     inert(messages.help_text())
 
 
+WHERE = st.builds(
+    messages.Where,
+    permalink=st.one_of(st.none(), URLS),
+    channel=st.one_of(st.none(), st.just("C0APPROVALS"), text(0, 20)),
+)
+
+
+@FAST
+@given(views(), WHERE)
+def test_direct_messages_to_the_requester_fit_and_are_inert(
+    view: TaskView, where: messages.Where
+) -> None:
+    valid_message(messages.requester_ready(view, where))
+    valid_message(messages.requester_ended(view, where))
+    for decision in view.decisions:
+        valid_message(messages.requester_decided(view, decision, where))
+
+
 @FAST
 @given(USERS, st.sampled_from(["approval", "rejection"]), st.integers(), LONG, LONG)
 def test_error_answers_fit_and_are_inert(user, action, code, message, request_id) -> None:
@@ -187,6 +211,27 @@ def test_the_reject_form_fits_and_is_inert(task_id: str, round_: int, title: str
     for mrkdwn in texts_in(view):
         inert(mrkdwn)
     assert messages.parse_button_value(view["private_metadata"]) == (task_id, round_)
+
+
+CATEGORIES = st.lists(
+    exactly(CATEGORY_MAX).filter(lambda c: category_problem([c]) is None),
+    min_size=1,
+    max_size=CATEGORIES_MAX,
+    unique=True,
+)
+
+
+@FAST
+@given(TASK_IDS, st.integers(1, 10_000), TITLES, CATEGORIES)
+def test_the_reject_form_with_categories_fits(
+    task_id: str, round_: int, title: str | None, categories: list[str]
+) -> None:
+    view = messages.reject_modal(task_id, round_, title, categories)
+    View(**view).to_dict()
+    for mrkdwn in texts_in(view):
+        inert(mrkdwn)
+    [menu] = [b["element"] for b in view["blocks"] if b.get("block_id") == "category"]
+    assert [option["value"] for option in menu["options"]] == categories
 
 
 @FAST

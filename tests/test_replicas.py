@@ -628,3 +628,78 @@ async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
         return any("Round 1 rejected" in m.text for m in c.thread_of(record))
 
     await until(told, 5, "the rejection told in the thread")
+
+
+# --- a quorum of approvals, whichever replica each approval reaches ---------------------------
+
+
+async def test_a_quorum_spread_over_replicas_and_a_restart_sends_one_agree(cluster: MakeCluster):
+    """Rule: with REQUIRED_APPROVALS=3 each user's approval counts once, the votes outlive a
+    restart, and AGREE reaches Tencent exactly once, when the third user approves, whichever
+    replicas the concurrent clicks reach."""
+    c = await cluster(3, REQUIRED_APPROVALS="3")
+    task = c.sim.sim.create_task(deliver_seconds=3600)
+    await c.track(task.task_id)
+    record = await c.wait_posted(task.task_id)
+    value = button_values(c.parent_of(record))["approve"]
+
+    _, first = await c.click(0, "approve", value, "U0ANA")
+    await until(lambda: bool(c.answers(first)), 10, "the first vote answered", detail=c.tails)
+    assert "1 of 3" in c.answers(first)[0]
+    await c.restart(c.replicas[0])
+    _, again = await c.click(1, "approve", value, "U0ANA")  # her vote, on another replica
+    await until(lambda: bool(c.answers(again)), 10, "the repeated vote answered")
+    assert "counts once" in c.answers(again)[0]
+    assert "Approvals 1 of 3: <@U0ANA>" in blocks_text(c.parent_of(record))
+
+    users = ["U0BO", "U0CY", "U0DU", "U0ANA", "U0BO", "U0EVE"]
+    sent = await asyncio.gather(
+        *(c.click(n % 3, "approve", value, user) for n, user in enumerate(users))
+    )
+    assert [answer.status_code for answer, _ in sent] == [200] * len(users)
+    await until(lambda: _approved_by(c, record, "U0ANA")(), 20, "approved", detail=c.tails)
+
+    async def all_answered() -> bool:
+        decision = await c.store.decision(task.task_id, 1)
+        keys = [key for _, key in sent]
+        return decision is not None and all(
+            c.answers(key) or user in decision.approvers
+            for user, key in zip(users, keys, strict=True)
+        )
+
+    await until(all_answered, 20, "every click decided or answered", detail=c.tails)
+    decision = await c.store.decision(task.task_id, 1)
+    assert decision is not None and decision.operate == "AGREE"
+    # Everyone who had approved when the call went (a fourth click may come in time to count).
+    approvers = decision.approvers
+    assert len(approvers) >= 3 and approvers[0] == "U0ANA" and set(approvers) <= set(users)
+    assert len(set(approvers)) == len(approvers)
+    confirms = c.confirms(task.task_id)
+    assert len(confirms) == 1, f"{len(confirms)} customerconfirm calls reached Tencent"
+    assert confirms[0]["operate"] == "AGREE"
+
+
+async def test_the_requester_is_told_each_step_once_by_three_replicas(cluster: MakeCluster):
+    """Rule: each of the requester's direct messages (demo ready, decided, complete) is a step
+    of one event, marked when sent, so three publishers send each exactly once."""
+    c = await cluster(3)
+    task = c.sim.sim.create_task()
+    await c.track(task.task_id, requester="U0REQ")
+    record = await c.wait_posted(task.task_id)
+    await c.click(1, "approve", button_values(c.parent_of(record))["approve"], "U0ANA")
+
+    async def complete() -> bool:
+        loaded = await c.store.view(task.task_id)
+        return loaded is not None and loaded.view.phase == "succeeded"
+
+    await until(complete, 15, "the task complete", detail=c.tails)
+
+    def told() -> bool:
+        return len(c.fake.direct_messages("U0REQ")) >= 3
+
+    await until(told, 15, "three direct messages", detail=c.tails)
+    await until(c.published, 10, "every event handled")
+    ready, decided, ended = (blocks_text(m) for m in c.fake.direct_messages("U0REQ"))
+    assert "ready for a decision" in ready
+    assert "Approved by <@U0ANA>" in decided
+    assert "Complete" in ended

@@ -12,8 +12,9 @@ from bot.config import Settings, SettingsError, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
+    ours = ("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "REQUIRED_", "PREVENT_")
     for name in list(os.environ):
-        if name.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_")):
+        if name.startswith((*ours, "REJECT_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -24,6 +25,16 @@ def test_defaults_are_the_documented_ones():
     assert settings.PORT == 3000
     assert settings.REDIS_URL is None
     assert not settings.ivh_configured and not settings.slack_configured
+    assert settings.REQUIRED_APPROVALS == 1 and settings.PREVENT_SELF_APPROVAL is False
+    assert settings.REJECT_CATEGORIES == [
+        "Lip sync",
+        "Voice",
+        "Face / likeness",
+        "Outline / artifacts",
+        "Background",
+        "Motion",
+        "Other",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -44,6 +55,13 @@ def test_defaults_are_the_documented_ones():
         ({"SLACK_CHANNEL": "#approvals"}, "SLACK_CHANNEL: expected a channel id"),
         ({"SLACK_CHANNEL": "approvals"}, "SLACK_CHANNEL: expected a Slack channel id"),
         ({"DECISION_CLAIM_SECONDS": "60"}, "DECISION_CLAIM_SECONDS"),  # <= 30 + 60
+        ({"REQUIRED_APPROVALS": "0"}, "REQUIRED_APPROVALS"),
+        ({"REQUIRED_APPROVALS": "two"}, "REQUIRED_APPROVALS"),
+        ({"PREVENT_SELF_APPROVAL": "maybe"}, "PREVENT_SELF_APPROVAL"),
+        ({"REJECT_CATEGORIES": " , "}, "REJECT_CATEGORIES"),
+        ({"REJECT_CATEGORIES": "Voice,Voice"}, "REJECT_CATEGORIES"),
+        ({"REJECT_CATEGORIES": "Voice,[Lip] sync"}, "REJECT_CATEGORIES"),
+        ({"REJECT_CATEGORIES": "x" * 41}, "REJECT_CATEGORIES"),
     ],
 )
 def test_a_wrong_setting_is_named(monkeypatch, env, named):
