@@ -61,6 +61,13 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
             "description": "Approve or reject Tencent IVH avatar and voice demos in Slack",
         },
         "features": {
+            # The requester's direct messages show in the app's Messages tab; nobody needs to
+            # write to the bot there, so the tab is read-only.
+            "app_home": {
+                "home_tab_enabled": False,
+                "messages_tab_enabled": True,
+                "messages_tab_read_only_enabled": True,
+            },
             "bot_user": {"display_name": name, "always_online": True},
             "slash_commands": [command],
         },
