@@ -308,7 +308,11 @@ class Publisher:
         if event.round > 1 and await self._step(entry_id, "round"):
             loaded = await self._store.view(event.task_id)
             assert loaded is not None
-            await self._thread.reply(record, messages.round_reply(loaded[1]), broadcast=True)
+            # Handled late (reclaimed from a dead publisher, or retried after Slack failed),
+            # the round may be over already: calling the channel to decide it would only
+            # repeat the next round's call, which rendering the current view did.
+            if loaded[1].round == event.round:
+                await self._thread.reply(record, messages.round_reply(loaded[1]), broadcast=True)
             await self._store.mark_step(entry_id, "round")
         if await self._step(entry_id, "upload"):
             await self._copy_videos(entry_id, event)
@@ -323,6 +327,9 @@ class Publisher:
         assert loaded is not None
         record, view = loaded
         assert record.slack_channel and record.slack_ts
+        # Named for the event's round, not the task's current one: an event handled after the
+        # next round's (reclaimed late) shared its video as the next round's, a second time.
+        view = view.model_copy(update={"round": event.round, "demo_urls": event.demo_urls})
         total, copied = len(event.demo_urls), 0
         error = "" if total else "Tencent gave no demo link"
         for index, url in enumerate(event.demo_urls, 1):

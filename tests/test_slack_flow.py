@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from bot import messages
 from bot.publisher import CONCURRENCY, ChannelGates
+from bot.store import EVENTS_STREAM, PUBLISHERS
 from tests.conftest import wait_for
 from tests.harness import CHANNEL, Bot, run_bot
 
@@ -547,6 +549,62 @@ async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, c
     fake.fail("conversations.replies", error="missing_scope")
     assert not await thread.has_file(record, file_id)
     assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
+
+
+async def test_a_round_handled_after_the_next_one_is_shown_as_its_own(sim, fake, redis_url, caplog):
+    """A demo event left pending (its publisher killed, or Slack failing) is handled once
+    reclaimed, after the next round's event. Found by bench/chaos.py (seed 408696: two rounds
+    "with their video twice in the thread"): the late round 2 video was shared as "Round 3
+    demo" beside round 3's own, and round 3 was announced to the channel a second time, both
+    rendered from the task's current round instead of the event's."""
+    caplog.set_level(logging.INFO, logger="bot.publisher")
+    async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=5) as bot:
+        redis = bot.store.redis
+        task = sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        await bot.until(bot.published)
+
+        async def entry_of(round_: int) -> str | None:
+            events = await bot.store.events()
+            found = [i for i, e in events if e.task_id == task.task_id and e.round == round_]
+            waiting = [i for i, e in events if e.demo_urls and e.round == round_]
+            return next((i for i in found if i in waiting), None)
+
+        # Round 2's event fails at Slack once, then is held by a "dead" publisher until the
+        # test lets it be reclaimed (XCLAIM's TIME: delivered an hour from now).
+        fake.fail("chat.update", error="internal_error", count=1000)
+        sim.sim.confirm(task.task_id, "REJECT", "too dark")
+        await bot.until(lambda: entry_of(2))
+        late = await entry_of(2)
+        assert late is not None
+        failed = f"event {late} ({task.task_id}): Slack internal_error; will retry"
+
+        async def tried() -> bool:
+            return failed in caplog.text
+
+        await bot.until(tried)
+        seconds, _ = await redis.time()
+        hour_ahead = (seconds + 3600) * 1000
+        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], time=hour_ahead)
+        fake.heal("chat.update")
+
+        sim.sim.confirm(task.task_id, "REJECT", "still too dark")
+        await bot.until(lambda: entry_of(3))
+
+        def videos() -> list[str]:
+            return [m.text for m in bot.thread(record) if m.files]
+
+        async def round_three_shared() -> bool:
+            return "Round 3 demo" in videos()
+
+        await bot.until(round_three_shared)
+        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], idle=3_600_000)
+        await bot.until(bot.published, within=30)  # round 2's event too, reclaimed
+
+        assert sorted(videos()) == ["Round 1 demo", "Round 2 demo", "Round 3 demo"]
+        told = [m.text for m in bot.thread(record) if "ready for a decision" in m.text]
+        assert told == ["Round 3 is ready for a decision"]  # round 2 was over when handled
 
 
 async def test_a_payload_slack_refuses_is_logged_with_its_reason_and_not_retried(bot: Bot, caplog):
