@@ -51,6 +51,11 @@ class RetryLater(Exception):
     """The event cannot be handled yet; leave it pending so it is reclaimed later."""
 
 
+class TakenOver(RetryLater):
+    """Another publisher reclaimed the event (this one was too slow to renew its claim): it
+    finishes the event; this one stops before sharing a video, which would share it twice."""
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -341,7 +346,13 @@ class Publisher:
                 continue
 
             async def sharing(file_id: str, step: str = step) -> None:
-                await self._store.mark_step(entry_id, f"{step}:file", file_id)
+                # Noted only while this publisher still holds the event, in one step with
+                # renewing its claim: the publisher that took it over either finds this
+                # file id (and the share, once made) or this one never shares.
+                if not await self._store.mark_step_if_claimed(
+                    entry_id, self._consumer, f"{step}:file", file_id
+                ):
+                    raise TakenOver(f"taken over by another publisher; {step} not shared")
 
             try:
                 await copy_to_thread(

@@ -184,6 +184,17 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
 
+# The same, and note a step's result in the event's steps hash in that one step: a publisher
+# that lost the event to another (too slow to renew its claim) notes nothing.
+_NOTE_IF_CLAIMED = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
 # Delete a claim or a lock only if it still carries our token.
 _RELEASE = """
 local raw = redis.call('GET', KEYS[1])
@@ -202,6 +213,7 @@ class Store:
         self._record = redis.register_script(_RECORD)
         self._release = redis.register_script(_RELEASE)
         self._keep_claimed = redis.register_script(_KEEP_CLAIMED)
+        self._note_if_claimed = redis.register_script(_NOTE_IF_CLAIMED)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -391,6 +403,15 @@ class Store:
         return bool(
             await self._keep_claimed(keys=[EVENTS_STREAM], args=[PUBLISHERS, consumer, entry_id])
         )
+
+    async def mark_step_if_claimed(
+        self, entry_id: str, consumer: str, step: str, result: str
+    ) -> bool:
+        """`mark_step`, and `keep_claimed`, only while `consumer` still holds the event;
+        False (nothing noted) when another publisher has taken it over."""
+        keys = [EVENTS_STREAM, steps_key(entry_id)]
+        args: list[str | int] = [PUBLISHERS, consumer, entry_id, step, result, STEPS_TTL]
+        return bool(await self._note_if_claimed(keys=keys, args=args))
 
     async def step_done(self, entry_id: str, step: str) -> str | None:
         raw = await self.redis.hget(steps_key(entry_id), step)
