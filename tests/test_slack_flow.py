@@ -661,6 +661,37 @@ async def test_hostile_titles_and_ids_reach_slack_inert_and_within_limits(bot: B
     assert "&lt;!here&gt;" in bot.parent(record).text
 
 
+async def test_a_message_found_after_a_crash_gets_every_earlier_decision_told(store, fake):
+    """Round 1 was decided on a message whose poster died before recording it: the decision
+    could not be told then ("told when it is posted"). The message is found when round 2
+    arrives; round 1's decision is told in its thread then. Broken (only the current round's
+    decision told, as before): round 1's reply never came (bench/chaos.py, seed 83072)."""
+    from bot.events import Snapshot
+    from bot.slack import Thread, make_client
+    from bot.state import Decision
+
+    client = make_client("xoxb-test-token", fake.api_url)
+    channel = fake.add_channel("approvals")
+    await store.track("t-1", channel=channel, title=None, tracked_by="cli")
+    await store.mark_posting("t-1", time.time() - 5)  # a process died while posting it
+    parent = await client.chat_postMessage(
+        channel=channel, text="Demo ready", metadata=messages.task_metadata("t-1")
+    )
+    rejected = Decision(round=1, operate="REJECT", user="U0ANA", at=time.time(), reason="dark")
+    await store.save_decision("t-1", rejected)
+    record = await store.get("t-1")
+    assert record is not None
+    waiting = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=2)
+    await store.record_progress(record, waiting, [], now=time.time(), next_poll=None)
+
+    thread = Thread(store, client, None)
+    found = await thread.ensure_parent("t-1")
+    assert found is not None and found.slack_ts == parent["ts"]
+    replies = fake.thread(channel, str(parent["ts"]))
+    assert ["Round 1 rejected" in m.text for m in replies] == [True]
+    assert await store.decision_replied("t-1", 1)
+
+
 async def test_a_task_stored_with_a_channel_name_is_never_looked_up_by_name(store, fake, caplog):
     """A task tracked by #name before names were refused: after a crash mid-post, its channel's
     history cannot be read by name (conversations.history takes ids), so it is posted anew."""
