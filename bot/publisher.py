@@ -58,6 +58,11 @@ class RetryLater(Exception):
     """The event cannot be handled yet; leave it pending so it is reclaimed later."""
 
 
+class TakenOver(RetryLater):
+    """Another publisher reclaimed the event (this one was too slow to renew its claim): it
+    finishes the event; this one stops before sharing a video, which would share it twice."""
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -316,7 +321,11 @@ class Publisher:
         if event.round > 1 and await self._to_do(entry_id, "round"):
             loaded = await self._store.view(event.task_id)
             assert loaded is not None
-            await self._thread.reply(record, messages.round_reply(loaded.view), broadcast=True)
+            # Handled late (reclaimed from a dead publisher, or retried after Slack failed),
+            # the round may be over already: calling the channel to decide it would only
+            # repeat the next round's call, which rendering the current view did.
+            if loaded.view.round == event.round:
+                await self._thread.reply(record, messages.round_reply(loaded.view), broadcast=True)
             await self._store.mark_step(entry_id, "round")
         if await self._to_do(entry_id, "upload"):
             await self._copy_videos(entry_id, event)
@@ -335,6 +344,9 @@ class Publisher:
         assert loaded is not None
         record, view = loaded
         assert record.slack_channel and record.slack_ts
+        # Named for the event's round, not the task's current one: an event handled after the
+        # next round's (reclaimed late) shared its video as the next round's, a second time.
+        view = view.model_copy(update={"round": event.round, "demo_urls": event.demo_urls})
         total, copied = len(event.demo_urls), 0
         error = "" if total else "Tencent gave no demo link"
         for index, url in enumerate(event.demo_urls, 1):
@@ -346,7 +358,13 @@ class Publisher:
                 continue
 
             async def sharing(file_id: str, step: str = step) -> None:
-                await self._store.mark_step(entry_id, f"{step}:file", file_id)
+                # Noted only while this publisher still holds the event, in one step with
+                # renewing its claim: the publisher that took it over either finds this
+                # file id (and the share, once made) or this one never shares.
+                if not await self._store.mark_step_if_owned(
+                    entry_id, self._consumer, f"{step}:file", file_id
+                ):
+                    raise TakenOver(f"taken over by another publisher; {step} not shared")
 
             try:
                 await copy_to_thread(

@@ -214,8 +214,11 @@ class Thread:
             log.warning("task %s: no permalink: %s", task_id, slack_error(error))
         if record.posting_since is not None:
             await self.refresh(task_id)  # found as it was posted; the task may have moved on
-        if view.current_decision is not None:
-            await self._tell(task_id, view.current_decision.round)
+        # Every round decided while the message was not recorded is told now, not only the
+        # current one: a round decided on the message a dead process posted, then the task's
+        # next round, left that decision untold for good (bench/chaos.py, seed 83072).
+        for decision in view.decisions:
+            await self._tell(task_id, decision.round)
         return await self.store.get(task_id)
 
     async def _find_unrecorded(self, record: TaskRecord, channel: str) -> tuple[str, str] | None:

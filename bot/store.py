@@ -276,6 +276,18 @@ redis.call('HSET', KEYS[1], ARGV[1], votes)
 return {#users, 1, votes}
 """
 
+# Renew a pending event's ownership as _KEEP_OWNED does, and note a step's result in the
+# event's steps hash in that one step: a publisher that lost the event to another (too slow
+# to renew its ownership) notes nothing.
+_NOTE_IF_OWNED = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
 # Delete a claim or a lock only if it still carries our token.
 _RELEASE = """
 local raw = redis.call('GET', KEYS[1])
@@ -299,6 +311,7 @@ class Store:
         self._release = redis.register_script(_RELEASE)
         self._keep_owned = redis.register_script(_KEEP_OWNED)
         self._vote = redis.register_script(_VOTE)
+        self._note_if_owned = redis.register_script(_NOTE_IF_OWNED)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -588,6 +601,15 @@ class Store:
         return bool(
             await self._keep_owned(keys=[EVENTS_STREAM], args=[PUBLISHERS, consumer, entry_id])
         )
+
+    async def mark_step_if_owned(
+        self, entry_id: str, consumer: str, step: str, result: str
+    ) -> bool:
+        """`mark_step`, and `keep_owned`, only while `consumer` still holds the event;
+        False (nothing noted) when another publisher has taken it over."""
+        keys = [EVENTS_STREAM, steps_key(entry_id)]
+        args: list[str | int] = [PUBLISHERS, consumer, entry_id, step, result, STEPS_TTL]
+        return bool(await self._note_if_owned(keys=keys, args=args))
 
     async def step_done(self, entry_id: str, step: str) -> str | None:
         raw = await self.redis.hget(steps_key(entry_id), step)

@@ -18,7 +18,8 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bot.store import Store
+from bot.ratelimit import JITTER
+from bot.store import Store, limiter_keys
 from tests.fake_slack import FakeSlack, fake_slack
 
 if TYPE_CHECKING:
@@ -198,6 +199,44 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10.
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def grants_at_redis(redis: Redis, key: str) -> AsyncIterator[list[int]]:
+    """Every send the rate limiter at `key` grants while inside, as the microsecond on Redis's
+    clock at which it was granted (each grant pushes that time onto `key:sent`; MONITOR shows
+    the push, from whichever process asked). The grants are decided on that clock, so counting
+    them per window checks the limiter's rule whatever the load on this machine; when requests
+    then reach a server is a figure for bench/, not a rule."""
+    sent, marker = limiter_keys(key).grants, f"{key}:grants-seen"  # the marker is no key
+    grants: list[int] = []
+    async with redis.monitor() as monitor:
+
+        async def collect() -> None:
+            async for info in monitor.listen():
+                words = info["command"].split(" ")
+                if words[:2] == ["LPUSH", sent]:
+                    grants.append(int(words[2]))
+                elif words[:2] == ["ECHO", marker]:
+                    return
+
+        reader = asyncio.create_task(collect())
+        try:
+            yield grants
+        finally:
+            await redis.echo(marker)  # seen after every command sent before it
+            await asyncio.wait_for(reader, 10)
+
+
+def busiest_window(grants: list[int], rate: float) -> int:
+    """The most grants within one window of the limiter for `rate` (a second and its
+    jitter margin, see bot/ratelimit.py): the limiter allows `int(rate)`."""
+    limit = max(1, int(rate))
+    window = round(1_000_000 * (1 + JITTER) * limit / rate)
+    times = sorted(grants)
+    return max(
+        (sum(1 for u in times[i:] if u - t < window) for i, t in enumerate(times)), default=0
+    )
 
 
 @pytest.fixture

@@ -279,6 +279,10 @@ class FakeSlack:
         fault = _Fault(status, error, retry_after, messages)
         self._faults.setdefault(method, []).extend([fault] * count)
 
+    def heal(self, method: str) -> None:
+        """Drop the faults still queued for `method`: its next calls are served."""
+        self._faults.pop(method, None)
+
     def hold(self, method: str, *, apply_first: bool = False) -> None:
         """Make the next call to `method` wait for release(); with apply_first, its effect
         (message posted, bytes stored) happens before the wait and only the answer is held."""

@@ -9,6 +9,7 @@ import pytest
 from bot.config import Settings
 from bot.model import QuietHours
 from bot.reminders import Policy, Reminders, mentions
+from bot.store import REMINDERS
 from tests.harness import Bot
 
 HOUR = 3600.0
@@ -84,7 +85,7 @@ async def test_no_reminder_after_the_round_is_decided(bot: Bot):
     await bot.until(decided)
     one = reminders(bot, policy())
     assert await one.run_once(ready + 30 * HOUR) == 0
-    assert await bot.store.take_waiting("ivh:reminders", ready + 99 * HOUR, None) == []
+    assert await bot.store.take_waiting(REMINDERS, ready + 99 * HOUR, None) == []
     assert nudges(bot, record) == []
 
 

@@ -25,10 +25,10 @@ import pytest
 
 from bot.sim import RunningSimulator
 from bot.sim.state import Fault
-from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock
+from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock, rate_key
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values, until
-from tests.conftest import RedisProcess
+from tests.conftest import RedisProcess, busiest_window, grants_at_redis
 from tests.fake_slack import FakeSlack, Message
 
 pytestmark = pytest.mark.timeout(60)
@@ -128,18 +128,30 @@ async def test_three_replicas_share_the_qps_budget_and_never_poll_a_task_twice(
     cluster: MakeCluster,
 ):
     """Rules: one poller per task at a time (the lease), and IVH_MAX_QPS is one budget for all
-    replicas. Broken (a limiter key per process) the busiest second held 16 getprogress for a
-    budget of 5; broken (_CLAIM_DUE not pushing the schedule) a task was read twice 0.19 s
-    apart."""
-    qps, interval = 5, 2.0
-    c = await cluster(3, tap=True, IVH_MAX_QPS=str(qps), POLL_INTERVAL=str(interval))
+    replicas: every getprogress waits for a grant of the one limiter in Redis, which grants at
+    most `qps` within any window of Redis's clock (the clock that decides the grants, so the
+    count holds under any load here). Broken (a limiter key per process) not one of the reads
+    had a grant from the shared limiter (before the grants were counted at Redis: the busiest
+    second at the simulator held 16 getprogress for a budget of 5); broken (_CLAIM_DUE not
+    pushing the schedule) a task was read twice 0.19 s apart.
 
-    def reads(since: float) -> list[dict]:
-        found = (r for r in c.sim.sim.requests if r["action"] == "getprogress" and r["t"] >= since)
+    How the reads spread over the replicas, and the peak the simulator sees in one of its
+    seconds, depend on this machine's load: `bench/poll_cycle.py --replicas 3` prints them."""
+    qps, interval = 5, 2.0
+    c = await cluster(3, IVH_MAX_QPS=str(qps), POLL_INTERVAL=str(interval))
+
+    def reads(since: float, tasks: list[str]) -> list[dict]:
+        found = (
+            r
+            for r in c.sim.sim.requests
+            if r["action"] == "getprogress" and r["t"] >= since and r["task_id"] in tasks
+        )
         return sorted(found, key=lambda r: r["t"])
 
     def closest_rereads(polls: list[dict]) -> float:
-        """The shortest time between two reads of the same task."""
+        """The shortest time between two reads of the same task. The next read is scheduled
+        an interval after the replica had the answer, which came after the simulator stamped
+        the read: a load that delays either only makes the gap longer."""
         last: dict[str, float] = {}
         closest = float("inf")
         for poll in polls:
@@ -153,26 +165,26 @@ async def test_three_replicas_share_the_qps_budget_and_never_poll_a_task_twice(
     start = time.time()
     few = [c.sim.sim.create_task(train_seconds=3600).task_id for _ in range(4)]
     await asyncio.gather(*(c.track(task_id, n % 3) for n, task_id in enumerate(few)))
-    await asyncio.sleep(2.5)
-    assert {r["task_id"] for r in reads(start)} == set(few)
 
-    # 2. Three times over the budget (30 tasks every 2 s): the limiter is what holds.
+    def all_read(tasks: list[str], times: int) -> Callable[[], bool]:
+        def done() -> bool:
+            counts = Counter(r["task_id"] for r in reads(start, tasks))
+            return all(counts[task_id] >= times for task_id in tasks)
+
+        return done
+
+    await until(all_read(few, 1), 10, "the 4 tasks read")
+
+    # 2. Three times over the budget (30 tasks every 2 s): the limiter is what holds. Every
+    # read of the 26 new tasks was granted while the grants were counted.
     many = [c.sim.sim.create_task(train_seconds=3600).task_id for _ in range(26)]
-    await asyncio.gather(*(c.track(task_id, n % 3) for n, task_id in enumerate(many)))
-    busy = time.time() + 1  # every replica has seen the new tasks
-    await asyncio.sleep(3.5)
-    polls = reads(busy)
-    times = [r["t"] for r in polls]
-    busiest = max(sum(1 for u in times[i:] if u - t < 1.0) for i, t in enumerate(times))
-    assert busiest <= qps + 1, f"{busiest} getprogress within one second (budget {qps}/s)"
-    assert len(polls) >= 0.8 * qps * (times[-1] - busy), len(polls)  # the budget is used
-    senders = {call["request_id"]: call["tag"] for call in c.tap.calls}
-    by_replica = {r.name: 0 for r in c.replicas}
-    for poll in polls:
-        by_replica[senders[poll["request_id"]]] += 1
-    assert sum(1 for n in by_replica.values() if n > 0) >= 2, by_replica  # a shared budget
+    async with grants_at_redis(c.redis, rate_key("ivh")) as grants:
+        await asyncio.gather(*(c.track(task_id, n % 3) for n, task_id in enumerate(many)))
+        await until(all_read(many, 2), 30, "the 26 new tasks read twice")
+    assert len(grants) >= len(reads(start, many))
+    assert busiest_window(grants, qps) <= qps, sorted(grants)
 
-    closest = closest_rereads(reads(start))
+    closest = closest_rereads(reads(start, few + many))
     assert closest >= interval - 0.1, f"a task was read twice {closest:.3f} s apart"
 
 

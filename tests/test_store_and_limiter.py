@@ -71,50 +71,69 @@ async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store)
     assert started and (await store.get("t-1")).state == TaskState.ACTIVE
 
 
-async def test_rate_limiter_spaces_requests_across_clients(redis):
-    rate, callers = 20.0, 20
-    told: list[float] = []
+def parked_in(told: list[float]):
+    """A limiter's sleep that notes the wait it was told and never returns: the slots the
+    limiter handed out count, not when this busy process would have woken."""
 
-    async def note(seconds: float) -> None:  # woken at once: the slots, not the sleeps, count
+    async def sleep(seconds: float) -> None:
         told.append(seconds)
+        await asyncio.Event().wait()
 
-    limiters = [RedisRateLimiter(redis, rate_key("test"), rate, sleep=note) for _ in range(3)]
-    # Connections and scripts ready first: setting them up for 20 callers at once once took
-    # longer than a slot, and a caller reserving after its slot had passed waited for none.
-    await asyncio.gather(*(redis.ping() for _ in range(callers)))
-    await limiters[0].acquire()
-    await redis.delete(*limiter_keys(rate_key("test")))
+    return sleep
+
+
+async def test_rate_limiter_spaces_requests_across_clients(redis):
+    """One slot per caller, (1 + JITTER + SLACK) / rate apart, whichever of three clients
+    asks. The slots are 2 s apart: a pause of this process between two callers (another
+    process using the CPU) shorter than that cannot let a slot pass unclaimed. At 20/s
+    (53 ms apart) such a pause made a caller find its slot free, and the test fail."""
+    rate, callers = 0.5, 20
+    told: list[float] = []
+    limiters = [
+        RedisRateLimiter(redis, rate_key("test"), rate, sleep=parked_in(told)) for _ in range(3)
+    ]
+    await asyncio.gather(*(redis.ping() for _ in range(callers)))  # connections ready first
+    await RedisRateLimiter(redis, rate_key("warm"), rate).acquire()  # and the scripts loaded
     started = time.monotonic()
-    await asyncio.gather(*(limiters[i % 3].acquire() for i in range(callers)))
+    asking = [asyncio.create_task(limiters[i % 3].acquire()) for i in range(callers)]
+
+    async def all_told() -> bool:
+        return len(told) == callers - 1  # the first waits for none
+
+    await wait_for(all_told)
     took = time.monotonic() - started
-    # One slot per caller, (1 + JITTER + SLACK) / rate apart: the first waits for none.
+    for caller in asking:
+        caller.cancel()
+    await asyncio.gather(*asking, return_exceptions=True)
     interval = (1 + JITTER + SLACK) / rate
-    assert len(told) == callers - 1
     assert max(told) >= (callers - 1) * interval - took
     assert max(told) <= (callers - 1) * interval + 0.001
 
 
 async def test_a_priority_caller_does_not_queue_behind_reserved_slots(redis):
     """Polls reserve slots ahead; a user's confirmation takes the next priority slot and is
-    granted at once while the window has room (broken: it waited behind all ten)."""
-    rate = 20.0
-    told: list[tuple[bool, float]] = []
-
-    def noting(priority: bool):
-        async def note(seconds: float) -> None:
-            told.append((priority, seconds))
-
-        return note
-
-    polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(False))
-    users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=noting(True))
+    granted at once while the window has room (broken: it waited behind all ten). Slots
+    0.5 s apart, for the reason above."""
+    rate = 2.0
+    polls_told: list[float] = []
+    users_told: list[float] = []
+    polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=parked_in(polls_told))
+    users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=parked_in(users_told))
     await asyncio.gather(*(redis.ping() for _ in range(10)))  # connections ready first,
     await RedisRateLimiter(redis, rate_key("warm"), rate).acquire()  # and the scripts loaded
-    await asyncio.gather(*(polls.acquire() for _ in range(10)))
-    await users.acquire(priority=True)
+    asking = [asyncio.create_task(polls.acquire()) for _ in range(10)]
+
+    async def all_told() -> bool:
+        return len(polls_told) == 9  # the first waits for none
+
+    await wait_for(all_told)
+    await asyncio.wait_for(users.acquire(priority=True), 5)
+    for caller in asking:
+        caller.cancel()
+    await asyncio.gather(*asking, return_exceptions=True)
     interval = (1 + JITTER + SLACK) / rate
-    assert max(seconds for priority, seconds in told if not priority) >= 8 * interval
-    assert [seconds for priority, seconds in told if priority] == []  # no wait at all
+    assert max(polls_told) >= 8 * interval
+    assert users_told == []  # no wait at all
 
 
 async def test_background_callers_are_refused_while_a_priority_slot_is_reserved(redis):
