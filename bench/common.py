@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import RedisProcess, free_port  # noqa: E402
+from tests.conftest import RedisProcess, clean_env, free_port  # noqa: E402
 from tests.fake_slack import Call, FakeSlack  # noqa: E402
 from tests.harness import block_actions, form_body, slack_headers, slash_command  # noqa: E402
 
@@ -53,24 +53,6 @@ DEFAULT_CHANNEL = "CBENCH0001"
 __all__ = ["Call", "FakeSlack"]  # re-exported for the benchmarks
 # Start-up warnings every benchmark process logs on purpose; not problems.
 _EXPECTED = ("SLACK_BOT_TOKEN not set", "APPROVERS nor APPROVER_GROUP", "`token` will be unused")
-
-# Settings a benchmark never inherits from the caller's environment.
-_OWN_SETTINGS = (
-    "SLACK_",
-    "IVH_",
-    "REDIS_",
-    "APPROVER",
-    "INTAKE_",
-    "POLL_",
-    "VIDEO_",
-    "DECISION_",
-    "EVENT_",
-    "TRAIN_",
-    "LOG_LEVEL",
-    "DATA_DIR",
-    "PORT",
-    "HOST",
-)
 
 
 # --- the machine and the code under test ----------------------------------------------------
@@ -329,7 +311,6 @@ class Lab:
         channel: str = DEFAULT_CHANNEL,
         **extra: Any,
     ) -> dict[str, str]:
-        kept = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_SETTINGS)}
         settings: dict[str, Any] = {
             "PORT": port,
             "HOST": "127.0.0.1",
@@ -353,7 +334,7 @@ class Lab:
                 # The simulator serves the demo videos, on its own port.
                 "VIDEO_HOSTS": httpx.URL(self.running_sim.url).netloc.decode(),
             }
-        return kept | {k: str(v) for k, v in (settings | extra).items()}
+        return clean_env(**{k: str(v) for k, v in (settings | extra).items()})
 
     def spawn(
         self, name: str, *, qps: float, interval: float, slack: bool, **extra: Any

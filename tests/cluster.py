@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from redis.asyncio import Redis
 
 from bot.sim import RunningSimulator
 from bot.store import EVENTS_STREAM, SCHEDULE, Store, TaskRecord, claim_key
-from tests.conftest import free_port
+from tests.conftest import clean_env, free_port
 from tests.fake_slack import FakeSlack, Message
 from tests.harness import (
     CHANNEL,
@@ -41,12 +40,6 @@ from tests.harness import (
 
 ROOT = Path(__file__).resolve().parents[1]
 INTAKE = "replica-intake-token"
-# Settings the processes must not inherit from whoever runs the tests.
-_OWN = (
-    *("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "VIDEO_", "LOG_"),
-    *("DECISION_", "EVENT_", "TRAIN_"),
-)
-_OWN_NAMES = {"PORT", "HOST", "DATA_DIR"}
 
 RUN = [sys.executable, "-m", "bot.cli", "run"]
 
@@ -154,16 +147,6 @@ class Replica:
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def process_env(**settings: str) -> dict[str, str]:
-    kept = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(_OWN) and k not in _OWN_NAMES and k != "PYTHONPATH"
-    }
-    # The processes import this checkout's `bot` (as the tests do), not whatever is installed.
-    return kept | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"} | settings
 
 
 # --- a tap on the way to IVH: which replica sent which request ------------------------------
@@ -281,7 +264,9 @@ class Cluster:
             "DATA_DIR": str(self.workdir / name / "data"),
             "LOG_LEVEL": "INFO",
         }
-        return process_env(**(values | self._settings))
+        # The processes import this checkout's `bot` (as the tests do), not whatever is installed.
+        here = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        return clean_env(**(here | values | self._settings))
 
     async def start(self, within: float = 30, *, wait: bool = True) -> Cluster:
         """Start every replica; with `wait`, until each answers /healthz with 200."""

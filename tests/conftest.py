@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.config import Settings
 from bot.store import Store
 from tests.fake_slack import FakeSlack, fake_slack
 
@@ -26,6 +28,26 @@ if TYPE_CHECKING:
     from tests.harness import Bot
 
 Fsync = Literal["always", "everysec", "no"]  # redis-server's appendfsync policies
+
+
+# The bot's settings, as names in the environment: every field of Settings. Those with an
+# underscore clear their whole family (SLACK_..., IVH_...), so a variable added to a family later
+# is cleared before anyone lists it; the others (PORT, HOST, APPROVERS) only themselves.
+SETTING_PREFIXES = tuple(
+    sorted({name.split("_")[0] + "_" for name in Settings.model_fields if "_" in name})
+)
+SETTING_NAMES = frozenset(name for name in Settings.model_fields if "_" not in name)
+
+
+def is_setting(name: str) -> bool:
+    """Whether an environment variable is (or belongs to a family of) the bot's settings."""
+    return name.startswith(SETTING_PREFIXES) or name in SETTING_NAMES
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The environment for a bot subprocess: this one's without any of the bot's settings
+    (whoever runs the tests may have their own), plus `settings`."""
+    return {k: v for k, v in os.environ.items() if not is_setting(k)} | settings
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from bot.demo import stage_of
 from bot.events import Snapshot
 from bot.sim import RunningSimulator
 from bot.store import Store
-from tests.conftest import RedisProcess, free_port, serving, wait_for
+from tests.conftest import RedisProcess, clean_env, free_port, serving, wait_for
 from tests.fake_slack import FakeSlack
 from tests.harness import settings_for
 
@@ -26,12 +25,7 @@ INTAKE = "run-test-token"
 
 
 def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    kept = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_"))
-    }
-    return kept | {"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings
+    return clean_env(**({"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings))
 
 
 def start_bot(

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings, SettingsError, load_settings
+from tests.conftest import clean_env, is_setting
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
+def no_settings(monkeypatch, tmp_path):
     for name in list(os.environ):
-        if name.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_")):
+        if is_setting(name):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -78,8 +79,7 @@ def test_approvers_are_a_comma_separated_list(monkeypatch):
 
 
 def test_run_with_a_wrong_setting_prints_one_line_and_exits(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IVH_", "SLACK_"))}
-    env["IVH_MAX_QPS"] = "lots"
+    env = clean_env(IVH_MAX_QPS="lots")
     result = subprocess.run(
         [sys.executable, "-m", "bot.cli", "run"],
         env=env,
