@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from bot.sim import RunningSimulator
 from bot.store import EVENTS_STREAM, SCHEDULE, Store, TaskRecord, claim_key
-from tests.conftest import clean_env, free_port
+from tests.conftest import clean_env, free_port, wait_for
 from tests.fake_slack import FakeSlack, Message
 from tests.harness import (
     CHANNEL,
@@ -42,28 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 INTAKE = "replica-intake-token"
 
 RUN = [sys.executable, "-m", "bot.cli", "run"]
-
-
-async def until(
-    condition: Callable[[], Awaitable[bool] | bool],
-    within: float,
-    what: str = "condition",
-    *,
-    every: float = 0.05,
-    detail: Callable[[], str] | None = None,
-) -> None:
-    """Await `condition` until it holds; AssertionError naming `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            extra = f"\n{detail()}" if detail else ""
-            raise AssertionError(f"{what}: not within {within:g} s{extra}")
-        await asyncio.sleep(every)
 
 
 # --- one process ----------------------------------------------------------------------------
@@ -290,7 +268,7 @@ class Cluster:
                     raise AssertionError(f"{replica.name} exited:\n{replica.tail()}")
             return all(await asyncio.gather(*(r.healthy(self.http) for r in replicas)))
 
-        await until(all_healthy, within, "replicas healthy", every=0.2, detail=self.tails)
+        await wait_for(all_healthy, within, "replicas healthy", every=0.2, detail=self.tails)
 
     async def restart(self, replica: Replica, within: float = 30) -> None:
         replica.kill()
@@ -419,10 +397,10 @@ class Cluster:
         async def finished() -> bool:
             return await self.posted(task_id) and await self.published()
 
-        await until(finished, within, what, detail=self.tails)
+        await wait_for(finished, within, what, detail=self.tails)
 
     async def wait_posted(self, task_id: str, within: float = 20) -> TaskRecord:
-        await until(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
+        await wait_for(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
         record = await self.store.get(task_id)
         assert record is not None
         return record

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from aiohttp import web
@@ -213,13 +213,27 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail after `within` seconds."""
+async def wait_for(
+    condition: Callable[[], Awaitable[Any] | Any],
+    within: float = 10.0,
+    what: str = "condition",
+    *,
+    every: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition` (plain or async) until it is true; AssertionError naming `what`, and
+    `detail()` if given (say, the replicas' logs), after `within` seconds."""
     deadline = time.monotonic() + within
-    while not await condition():
+    while True:
+        result = condition()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"{what}: not within {within:g} s{extra}")
+        await asyncio.sleep(every)
 
 
 @pytest.fixture
