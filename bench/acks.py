@@ -43,7 +43,7 @@ from common import (
     percentile,
     problem_summary,
     say,
-    signed,
+    slack_headers,
     spread,
     table,
     wait_until,
@@ -87,7 +87,7 @@ async def _written(
 async def send(
     http: aiohttp.ClientSession, bot: BotProcess, body: str, click: Click, go: asyncio.Event
 ) -> None:
-    headers = signed(body)
+    headers = slack_headers(body)
     await go.wait()
     click.sent_wall = time.time()
     started = time.perf_counter()
@@ -152,7 +152,7 @@ async def main(o: Options) -> None:
             for i, bot in enumerate(bots):  # the first request of a process is slower
                 body = command_body(fake, "help", user="UWARM0001", channel="CWARM", key=f"w{i}")
                 async with http.post(
-                    f"{bot.url}/slack/events", data=body, headers=signed(body)
+                    f"{bot.url}/slack/events", data=body, headers=slack_headers(body)
                 ) as answer:
                     await answer.read()
             say("one click at a time, one per replica")
