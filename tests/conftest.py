@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,18 @@ def clean_env(**settings: str) -> dict[str, str]:
     """The environment for a bot subprocess: this one's without any of the bot's settings
     (whoever runs the tests may have their own), plus `settings`."""
     return {k: v for k, v in os.environ.items() if not is_setting(k)} | settings
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`ivh-approvals ARGS` run to its end (30 s at most) in `cwd`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def free_port() -> int:
