@@ -1,8 +1,8 @@
 """Several real `python -m bot.cli run` processes sharing one Redis, driven from one event loop.
 
-Used by tests/test_replicas.py and bench/chaos.py. The IVH simulator and the fake Slack run in
-the caller's event loop, so everything here waits with `await`, never by blocking. Everything
-listens on 127.0.0.1 only.
+Used by tests/test_replicas.py, bench/chaos.py and (its Replica) bench/common.py. The IVH
+simulator and the fake Slack run in the caller's event loop, so everything here waits with
+`await`, never by blocking. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
