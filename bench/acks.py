@@ -35,6 +35,8 @@ import aiohttp
 from common import (
     LATENCY_MS,
     BotProcess,
+    FakeSlack,
+    Lab,
     all_polled,
     click_body,
     command_body,
@@ -43,7 +45,7 @@ from common import (
     percentile,
     problem_summary,
     say,
-    signed,
+    slack_headers,
     spread,
     table,
     wait_until,
@@ -87,7 +89,7 @@ async def _written(
 async def send(
     http: aiohttp.ClientSession, bot: BotProcess, body: str, click: Click, go: asyncio.Event
 ) -> None:
-    headers = signed(body)
+    headers = slack_headers(body)
     await go.wait()
     click.sent_wall = time.time()
     started = time.perf_counter()
@@ -100,7 +102,35 @@ async def send(
     click.ack_s, click.wire_s = done - started, done - click.written
 
 
-async def main(o: Options) -> None:
+@dataclass
+class Tasks:
+    """The tasks of one run, and the channel each is posted in."""
+
+    ids: list[str]  # clicked in the burst
+    solo: list[str]  # one click at a time, first, one per replica
+    background: list[str]  # only polled, to load the IVH budget
+    channel_of: dict[str, str]
+
+    @classmethod
+    def of(cls, o: Options) -> Tasks:
+        ids = [f"ack_{i:04d}" for i in range(o.tasks)]
+        background = [f"bg_{i:06d}" for i in range(o.background)]
+        solo = [f"solo_{i:02d}" for i in range(o.replicas)]
+        channel_of = {task_id: f"CACK{i:05d}" for i, task_id in enumerate(ids + solo)}
+        return cls(ids, solo, background, channel_of)
+
+
+@dataclass
+class Outcome:
+    solo_ack: list[float]
+    solo_confirm: list[float]
+    clicks: list[Click]
+    sent: list[dict[str, object]]  # the burst's customerconfirm requests at the simulator
+    problems: tuple[int, str]
+    busy: int  # "Already being approved" answers
+
+
+def print_header(o: Options) -> None:
     header(
         "acknowledgements and click -> customerconfirm",
         {
@@ -114,113 +144,150 @@ async def main(o: Options) -> None:
             "fake Slack chat.postMessage per channel per s": o.slack_rate,
         },
     )
-    ids = [f"ack_{i:04d}" for i in range(o.tasks)]
-    background = [f"bg_{i:06d}" for i in range(o.background)]
-    solo = [f"solo_{i:02d}" for i in range(o.replicas)]  # one click at a time, first
-    channel_of = {task_id: f"CACK{i:05d}" for i, task_id in enumerate(ids + solo)}
-    burst = set(ids)
-    async with lab(slack=True) as the_lab:
-        fake = the_lab.fake
-        assert fake is not None
-        fake.channel_rate(o.slack_rate)
-        the_lab.create_tasks(ids + solo, train=0.0)  # waiting for a decision at once
-        the_lab.create_tasks(background)
-        bots = await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
-        now = time.time()
-        dues = {t: now + random.uniform(0, min(o.interval, 5.0)) for t in ids + solo}
-        dues |= {t: now + random.uniform(0, o.interval) for t in background}
-        await the_lab.track(ids + solo + background, channels=channel_of, dues=dues)
 
-        async def ready() -> bool:
-            if not await all_polled(the_lab.store, ids + solo):
+
+async def post_every_message(the_lab: Lab, o: Options, t: Tasks) -> list[BotProcess]:
+    """Set-up: the replicas post every clicked task's message and video (and poll the rest)."""
+    ids, solo, background, channel_of = t.ids, t.solo, t.background, t.channel_of
+    assert the_lab.fake is not None
+    the_lab.fake.channel_rate(o.slack_rate)
+    the_lab.create_tasks(ids + solo, train=0.0)  # waiting for a decision at once
+    the_lab.create_tasks(background)
+    bots = await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
+    now = time.time()
+    dues = {t: now + random.uniform(0, min(o.interval, 5.0)) for t in ids + solo}
+    dues |= {t: now + random.uniform(0, o.interval) for t in background}
+    await the_lab.track(ids + solo + background, channels=channel_of, dues=dues)
+
+    async def ready() -> bool:
+        if not await all_polled(the_lab.store, ids + solo):
+            return False
+        for task_id in ids + solo:
+            loaded = await the_lab.store.view(task_id)
+            if loaded is None or not loaded.record.slack_ts or loaded.view.upload is None:
                 return False
-            for task_id in ids + solo:
-                loaded = await the_lab.store.view(task_id)
-                if loaded is None or not loaded.record.slack_ts or loaded.view.upload is None:
-                    return False
-            return True
+        return True
 
-        say("waiting until every task's message and video are posted")
-        await wait_until(ready, within=180, every=0.5, what="messages posted")
-        if o.background:
-            say(f"letting {o.background} background tasks load the budget for 5 s")
-            await asyncio.sleep(5.0)
-        connector = aiohttp.TCPConnector(limit=0)
-        tracing = aiohttp.TraceConfig()
-        tracing.on_request_chunk_sent.append(_written)
-        async with aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as http:
-            for i, bot in enumerate(bots):  # the first request of a process is slower
-                body = command_body(fake, "help", user="UWARM0001", channel="CWARM", key=f"w{i}")
-                async with http.post(
-                    f"{bot.url}/slack/events", data=body, headers=signed(body)
-                ) as answer:
-                    await answer.read()
-            say("one click at a time, one per replica")
-            solo_ack, solo_confirm = [], []
-            for i, bot in enumerate(bots):
-                single = Click(solo[i], i, 0.0)
-                body = click_body(
-                    fake,
-                    action_id=APPROVE,
-                    value=button_value(solo[i], 1),
-                    user="USOLO0001",
-                    channel=channel_of[solo[i]],
-                    key=f"solo{i}",
-                )
-                mark, now_event = len(the_lab.sim.requests), asyncio.Event()
-                now_event.set()
-                await send(http, bot, body, single, now_event)
-                solo_ack.append(single.ack_s)
+    say("waiting until every task's message and video are posted")
+    await wait_until(ready, within=180, every=0.5, what="messages posted")
+    if o.background:
+        say(f"letting {o.background} background tasks load the budget for 5 s")
+        await asyncio.sleep(5.0)
+    return bots
 
-                def solo_confirms(task_id: str = solo[i], mark: int = mark) -> list[float]:
-                    return [
-                        float(r["t"])
-                        for r in the_lab.sim.requests[mark:]
-                        if r["action"] == "customerconfirm" and r["task_id"] == task_id
-                    ]
 
-                async def confirmed(found: Callable[[], list[float]] = solo_confirms) -> bool:
-                    return bool(found())
+async def warm_up(http: aiohttp.ClientSession, fake: FakeSlack, bots: list[BotProcess]) -> None:
+    for i, bot in enumerate(bots):  # the first request of a process is slower
+        body = command_body(fake, "help", user="UWARM0001", channel="CWARM", key=f"w{i}")
+        async with http.post(
+            f"{bot.url}/slack/events", data=body, headers=slack_headers(body)
+        ) as answer:
+            await answer.read()
 
-                await wait_until(confirmed, within=10, every=0.005)
-                solo_confirm += [t - single.sent_wall for t in solo_confirms()[:1]]
-                await asyncio.sleep(1.0)  # its message update and thread reply go out now
-            go = asyncio.Event()
-            clicks: list[Click] = []
-            sends = []
-            for i in range(o.clicks):
-                task_id = ids[i % len(ids)]
-                click = Click(task_id, i % len(bots), 0.0)
-                body = click_body(
-                    fake,
-                    action_id=APPROVE,
-                    value=button_value(task_id, 1),
-                    user=f"UBENCH{i:04d}",
-                    channel=channel_of[task_id],
-                    key=f"click{i}",
-                )
-                clicks.append(click)
-                sends.append(asyncio.create_task(send(http, bots[click.replica], body, click, go)))
-            index = len(the_lab.sim.requests)
-            say(f"sending {o.clicks} clicks at once")
-            go.set()
-            await asyncio.gather(*sends)
 
-        def confirms() -> list[dict[str, object]]:
+async def click_one_at_a_time(
+    http: aiohttp.ClientSession, the_lab: Lab, bots: list[BotProcess], t: Tasks
+) -> tuple[list[float], list[float]]:
+    """One click per idle replica: its ack and its click -> customerconfirm, in seconds."""
+    fake, solo, channel_of = the_lab.fake, t.solo, t.channel_of
+    assert fake is not None
+    say("one click at a time, one per replica")
+    solo_ack, solo_confirm = [], []
+    for i, bot in enumerate(bots):
+        single = Click(solo[i], i, 0.0)
+        body = click_body(
+            fake,
+            action_id=APPROVE,
+            value=button_value(solo[i], 1),
+            user="USOLO0001",
+            channel=channel_of[solo[i]],
+            key=f"solo{i}",
+        )
+        mark, now_event = len(the_lab.sim.requests), asyncio.Event()
+        now_event.set()
+        await send(http, bot, body, single, now_event)
+        solo_ack.append(single.ack_s)
+
+        def solo_confirms(task_id: str = solo[i], mark: int = mark) -> list[float]:
             return [
-                r
-                for r in the_lab.sim.requests[index:]
-                if r["action"] == "customerconfirm" and r["task_id"] in burst
+                float(r["t"])
+                for r in the_lab.sim.requests[mark:]
+                if r["action"] == "customerconfirm" and r["task_id"] == task_id
             ]
 
-        async def all_confirmed() -> bool:
-            return len({r["task_id"] for r in confirms()}) == len(ids)
+        async def confirmed(found: Callable[[], list[float]] = solo_confirms) -> bool:
+            return bool(found())
 
-        await wait_until(all_confirmed, within=60, every=0.1, what="every customerconfirm")
-        await asyncio.sleep(2.0)  # a second confirmation of a task would arrive now
-        sent = confirms()
-        problems = problem_summary(bots)
-        busy = [e for e in fake.ephemeral if "Already being" in e.text]
+        await wait_until(confirmed, within=10, every=0.005)
+        solo_confirm += [t - single.sent_wall for t in solo_confirms()[:1]]
+        await asyncio.sleep(1.0)  # its message update and thread reply go out now
+    return solo_ack, solo_confirm
+
+
+async def click_all_at_once(
+    http: aiohttp.ClientSession, fake: FakeSlack, o: Options, bots: list[BotProcess], t: Tasks
+) -> list[Click]:
+    """`o.clicks` Approve clicks released together, click i on task i mod tasks."""
+    ids, channel_of = t.ids, t.channel_of
+    go = asyncio.Event()
+    clicks: list[Click] = []
+    sends = []
+    for i in range(o.clicks):
+        task_id = ids[i % len(ids)]
+        click = Click(task_id, i % len(bots), 0.0)
+        body = click_body(
+            fake,
+            action_id=APPROVE,
+            value=button_value(task_id, 1),
+            user=f"UBENCH{i:04d}",
+            channel=channel_of[task_id],
+            key=f"click{i}",
+        )
+        clicks.append(click)
+        sends.append(asyncio.create_task(send(http, bots[click.replica], body, click, go)))
+    say(f"sending {o.clicks} clicks at once")
+    go.set()
+    await asyncio.gather(*sends)
+    return clicks
+
+
+async def click_and_wait_for_confirms(
+    the_lab: Lab, o: Options, bots: list[BotProcess], t: Tasks
+) -> Outcome:
+    """Drive: warm-up, the single clicks, then the burst, until Tencent has every decision."""
+    fake = the_lab.fake
+    assert fake is not None
+    burst = set(t.ids)
+    connector = aiohttp.TCPConnector(limit=0)
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_chunk_sent.append(_written)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as http:
+        await warm_up(http, fake, bots)
+        solo_ack, solo_confirm = await click_one_at_a_time(http, the_lab, bots, t)
+        index = len(the_lab.sim.requests)
+        clicks = await click_all_at_once(http, fake, o, bots, t)
+
+    def confirms() -> list[dict[str, object]]:
+        return [
+            r
+            for r in the_lab.sim.requests[index:]
+            if r["action"] == "customerconfirm" and r["task_id"] in burst
+        ]
+
+    async def all_confirmed() -> bool:
+        return len({r["task_id"] for r in confirms()}) == len(t.ids)
+
+    await wait_until(all_confirmed, within=60, every=0.1, what="every customerconfirm")
+    await asyncio.sleep(2.0)  # a second confirmation of a task would arrive now
+    sent = confirms()
+    problems = problem_summary(bots)
+    busy = [e for e in fake.ephemeral if "Already being" in e.text]
+    return Outcome(solo_ack, solo_confirm, clicks, sent, problems, len(busy))
+
+
+def report(o: Options, t: Tasks, replicas: int, outcome: Outcome) -> None:
+    ids, clicks, sent, problems = t.ids, outcome.clicks, outcome.sent, outcome.problems
+    solo_ack, solo_confirm = outcome.solo_ack, outcome.solo_confirm
     first_click: dict[str, float] = {}
     for click in clicks:
         first_click[click.task_id] = min(first_click.get(click.task_id, math.inf), click.sent_wall)
@@ -244,7 +311,7 @@ async def main(o: Options) -> None:
     print(f"  target p99 <= 100 ms: {'ok' if p99 <= 100 else 'MISSED'}")
     print(f"  with this process's connection setup: {spread(from_start, 'ms', 1000)}")
     rows = []
-    for replica in range(len(bots)):
+    for replica in range(replicas):
         mine = [c.wire_s for c in clicks if c.replica == replica and c.status == 200]
         rows.append(
             {
@@ -266,9 +333,18 @@ async def main(o: Options) -> None:
     doubles = sum(1 for n in per_task.values() if n > 1)
     print(
         f"customerconfirm calls: {len(sent)} for {len(per_task)} of {len(ids)} tasks;"
-        f" tasks confirmed twice: {doubles}; 'Already being approved' answers: {len(busy)}"
+        f" tasks confirmed twice: {doubles}; 'Already being approved' answers: {outcome.busy}"
     )
     print(f"replicas logged {problems[0]} warnings: {problems[1] or '-'}")
+
+
+async def main(o: Options) -> None:
+    print_header(o)
+    tasks = Tasks.of(o)
+    async with lab(slack=True) as the_lab:
+        bots = await post_every_message(the_lab, o, tasks)
+        outcome = await click_and_wait_for_confirms(the_lab, o, bots, tasks)
+    report(o, tasks, len(bots), outcome)
 
 
 def parse() -> Options:

@@ -175,6 +175,8 @@ class Chaos:
         self.fake: FakeSlack
         self.redis: RedisProcess
         self.index: Index
+        self._supervisor: asyncio.Task[None]  # restarts what chaos killed
+        self._reporter: asyncio.Task[None]  # a progress line every 15 s
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -471,8 +473,17 @@ class Chaos:
             await self.cluster.close(graceful=True)
 
     async def _drive(self) -> int:
-        args = self.args
         refresher = asyncio.create_task(self._refresh())
+        self.create_stories()
+        stories = await self.decide_under_chaos()
+        await self.settle(stories)
+        refresher.cancel()
+        self.index.refresh()
+        await asyncio.sleep(0)
+        return await self.figures()
+
+    def create_stories(self) -> None:
+        """Set-up: one simulated task per plan, with random stage lengths."""
         for plan in self.plans():
             task = self.sim.create_task(
                 audit_seconds=self.rng.uniform(0, 1),
@@ -480,20 +491,29 @@ class Chaos:
                 deliver_seconds=self.rng.uniform(0.5, 2),
             )
             self.stories.append(Story(task.task_id, plan))
-        say(f"{len(self.stories)} tasks, {args.decisions} decisions to make")
+        say(f"{len(self.stories)} tasks, {self.args.decisions} decisions to make")
+
+    async def decide_under_chaos(self) -> list[asyncio.Task[None]]:
+        """Drive: the users decide while replicas are killed and faults injected, until every
+        story is done or --chaos-seconds pass. Returns the stories, some maybe still running."""
+        args = self.args
         spread = min(20.0, len(self.stories) * 0.25)
         stories = [
             asyncio.create_task(self.story(s, self.rng.uniform(0, spread))) for s in self.stories
         ]
         chaos = asyncio.create_task(self.chaos())
-        supervisor = asyncio.create_task(self.supervise())
+        self._supervisor = asyncio.create_task(self.supervise())
         faults = asyncio.create_task(self.inject()) if args.faults else None
-        reporter = asyncio.create_task(self._report())
+        self._reporter = asyncio.create_task(self._report())
         await asyncio.wait(stories, timeout=args.chaos_seconds)
         self.chaos_over.set()
         await asyncio.gather(chaos, *([faults] if faults else []))
         say(f"chaos over after {self.elapsed():.0f} s: {len(self.kills)} kills; settling")
-        settle_end = time.monotonic() + args.settle_seconds
+        return stories
+
+    async def settle(self, stories: list[asyncio.Task[None]]) -> None:
+        """Until every story is done and the cluster settled, at most --settle-seconds."""
+        settle_end = time.monotonic() + self.args.settle_seconds
         while time.monotonic() < settle_end:
             if all(s.done() for s in stories) and await self.settled():
                 break
@@ -501,12 +521,8 @@ class Chaos:
         for story_task in stories:
             story_task.cancel()
         await asyncio.gather(*stories, return_exceptions=True)
-        reporter.cancel()
-        refresher.cancel()
-        supervisor.cancel()
-        self.index.refresh()
-        await asyncio.sleep(0)
-        return await self.figures()
+        self._reporter.cancel()
+        self._supervisor.cancel()
 
     async def _refresh(self) -> None:
         while True:
@@ -798,9 +814,7 @@ def _logged_errors(workdir: Path) -> bool:
     return any(" ERROR " in path.read_text(errors="replace") for path in workdir.rglob("*.log"))
 
 
-def main() -> int:
-    # A killed replica's half-sent request makes the simulator's aiohttp log a traceback.
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decisions", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=3)
@@ -819,6 +833,13 @@ def main() -> int:
         args.seed = random.randrange(10**6)
     if args.replicas < 2:
         parser.error("--replicas: at least 2 (one is killed while the others serve)")
+    return args
+
+
+def main() -> int:
+    # A killed replica's half-sent request makes the simulator's aiohttp log a traceback.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    args = parse()
     say(f"seed {args.seed}")
     workdir = Path(tempfile.mkdtemp(prefix="ivh-chaos-"))
     code = 1

@@ -14,7 +14,6 @@ import contextlib
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,38 +38,26 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import RedisProcess, free_port  # noqa: E402
+from tests.cluster import RUN, Replica  # noqa: E402
+from tests.conftest import RedisProcess, clean_env, wait_for  # noqa: E402
 from tests.fake_slack import Call, FakeSlack  # noqa: E402
-from tests.harness import block_actions, form_body, slack_headers, slash_command  # noqa: E402
+from tests.harness import (  # noqa: E402
+    SIGNING_SECRET,
+    block_actions,
+    form_body,
+    slack_headers,
+    slash_command,
+)
 
 LATENCY_MS = 50.0  # the simulator's answer delay in every benchmark
 LONG = 10_000_000.0  # seconds: a phase that outlasts any benchmark
 FAR = 10**9  # seconds from now: "not due" in the schedule
-SIGNING_SECRET = "bench-signing-secret"
 BOT_TOKEN = "xoxb-test-token"  # the token FakeSlack accepts
 INTAKE = "bench-intake-token"
 DEFAULT_CHANNEL = "CBENCH0001"
-__all__ = ["Call", "FakeSlack"]  # re-exported for the benchmarks
+__all__ = ["Call", "FakeSlack", "slack_headers"]  # re-exported for the benchmarks
 # Start-up warnings every benchmark process logs on purpose; not problems.
 _EXPECTED = ("SLACK_BOT_TOKEN not set", "APPROVERS nor APPROVER_GROUP", "`token` will be unused")
-
-# Settings a benchmark never inherits from the caller's environment.
-_OWN_SETTINGS = (
-    "SLACK_",
-    "IVH_",
-    "REDIS_",
-    "APPROVER",
-    "INTAKE_",
-    "POLL_",
-    "VIDEO_",
-    "DECISION_",
-    "EVENT_",
-    "TRAIN_",
-    "LOG_LEVEL",
-    "DATA_DIR",
-    "PORT",
-    "HOST",
-)
 
 
 # --- the machine and the code under test ----------------------------------------------------
@@ -236,74 +223,37 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-@dataclass
-class BotProcess:
-    """One `ivh-approvals run` process."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+class BotProcess(Replica):
+    """One `ivh-approvals run` process (the tests' cluster replica), with what it cost."""
 
     def rss_mb(self) -> float:
-        return _proc_status(self.pid, "VmRSS") / 1024
+        return _proc_status(self.pid or 0, "VmRSS") / 1024
 
     def peak_rss_mb(self) -> float:
-        return _proc_status(self.pid, "VmHWM") / 1024
+        return _proc_status(self.pid or 0, "VmHWM") / 1024
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return cpu_seconds(self.pid or 0)
 
     def problems(self) -> Counter[str]:
         """WARNING and worse log lines, ids and numbers blanked out, counted by kind."""
         kinds: Counter[str] = Counter()
-        with contextlib.suppress(OSError):
-            for line in self.log.read_text(errors="replace").splitlines():
-                found = re.search(r" (WARNING|ERROR|CRITICAL) (\S+): (.*)", line)
-                if found is None or any(e in found[3] for e in _EXPECTED):
-                    continue
-                text = re.sub(r"\(RequestID [^)]*\)", "", found[3])
-                text = re.sub(r"[\w-]*\d[\w.-]*", "#", text)
-                kinds[f"{found[1]} {found[2]}: {text[:100]}"] += 1
+        for line in self.log_text().splitlines():
+            found = re.search(r" (WARNING|ERROR|CRITICAL) (\S+): (.*)", line)
+            if found is None or any(e in found[3] for e in _EXPECTED):
+                continue
+            text = re.sub(r"\(RequestID [^)]*\)", "", found[3])
+            text = re.sub(r"[\w-]*\d[\w.-]*", "#", text)
+            kinds[f"{found[1]} {found[2]}: {text[:100]}"] += 1
         return kinds
 
     async def wait_healthy(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    tail = self.log_tail()
-                    raise RuntimeError(f"{self.name} not healthy in {within:.0f}s:\n{tail}")
-                await asyncio.sleep(0.1)
+        async def healthy() -> bool:
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited:\n{self.tail(20)}")
+            return await self.healthy()
 
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self, within: float = 20.0) -> int:
-        try:
-            return self.process.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
+        await wait_for(healthy, within, f"{self.name} healthy", every=0.1, detail=self.tail)
 
 
 @dataclass
@@ -322,17 +272,13 @@ class Lab:
     def env(
         self,
         *,
-        port: int,
         qps: float,
         interval: float,
         slack: bool,
         channel: str = DEFAULT_CHANNEL,
         **extra: Any,
     ) -> dict[str, str]:
-        kept = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_SETTINGS)}
         settings: dict[str, Any] = {
-            "PORT": port,
-            "HOST": "127.0.0.1",
             "DATA_DIR": self.workdir / "data",
             "REDIS_URL": self.redis_server.url,
             "IVH_BASE_URL": self.running_sim.url,
@@ -353,24 +299,15 @@ class Lab:
                 # The simulator serves the demo videos, on its own port.
                 "VIDEO_HOSTS": httpx.URL(self.running_sim.url).netloc.decode(),
             }
-        return kept | {k: str(v) for k, v in (settings | extra).items()}
+        return clean_env(**{k: str(v) for k, v in (settings | extra).items()})
 
     def spawn(
         self, name: str, *, qps: float, interval: float, slack: bool, **extra: Any
     ) -> BotProcess:
-        port = free_port()
-        env = self.env(port=port, qps=qps, interval=interval, slack=slack, **extra)
-        log = self.workdir / f"{name}-{len(self.bots)}.log"
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "run"],
-                env=env,
-                cwd=self.workdir,  # no .env file of the caller's is read
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        bot = BotProcess(name, process, port, log)
+        env = self.env(qps=qps, interval=interval, slack=slack, **extra)
+        # Its log is <workdir>/<name>-<n>.log; its cwd the workdir, where no .env file is.
+        bot = BotProcess(f"{name}-{len(self.bots)}", self.workdir, env, RUN)
+        bot.start()
         self.bots.append(bot)
         return bot
 
@@ -386,10 +323,7 @@ class Lab:
         return bots
 
     async def stop_bots(self) -> None:
-        for bot in self.bots:
-            bot.terminate()
-        for bot in self.bots:
-            await asyncio.to_thread(bot.wait_stopped)
+        await asyncio.gather(*(bot.stop(within=20) for bot in self.bots))
         self.bots.clear()
 
     async def reset(self) -> None:
@@ -494,15 +428,15 @@ async def lab(*, latency_ms: float = LATENCY_MS, slack: bool = False) -> AsyncIt
 async def wait_until(
     check: Callable[[], Awaitable[bool]], *, within: float, every: float = 0.2, what: str = ""
 ) -> bool:
-    """Call async `check()` until it is true; False after `within` seconds (never raises)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(every)
-    if what:
-        say(f"gave up waiting for {what} after {within:.0f}s")
-    return False
+    """tests' wait_for, but a benchmark reports what it got instead of failing: False after
+    `within` seconds (never raises)."""
+    try:
+        await wait_for(check, within, what or "condition", every=every)
+    except AssertionError:
+        if what:
+            say(f"gave up waiting for {what} after {within:.0f}s")
+        return False
+    return True
 
 
 async def all_polled(store: Store, ids: Sequence[str], batch: int = 500) -> bool:
@@ -518,11 +452,6 @@ async def all_polled(store: Store, ids: Sequence[str], batch: int = 500) -> bool
 
 
 # --- Slack requests, signed as Slack signs them -------------------------------------------------
-
-
-def signed(body: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
-    """Headers that sign `body` with the secret the benchmarks' bots are given."""
-    return slack_headers(body, secret=secret)
 
 
 def click_body(

@@ -24,9 +24,12 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from common import (
     LATENCY_MS,
+    FakeSlack,
+    Lab,
     all_polled,
     header,
     lab,
@@ -50,7 +53,19 @@ class Options:
     seed: int
 
 
-async def main(o: Options) -> None:
+@dataclass
+class Flips:
+    """When each target was flipped (wall clock for the simulator's log, monotonic for the fake
+    Slack's), and what the simulator was asked from the first flip on."""
+
+    wall: dict[str, float]
+    mono: dict[str, float]
+    elapsed: float
+    requests: list[dict[str, Any]]
+    problems: tuple[int, str]
+
+
+def print_header(o: Options) -> None:
     header(
         "detection latency",
         {
@@ -64,47 +79,65 @@ async def main(o: Options) -> None:
             "fake Slack chat.postMessage per channel per s": o.slack_rate,
         },
     )
-    rng = random.Random(o.seed)
-    background = [f"bg_{i:06d}" for i in range(o.background)]
-    targets = [f"det_{i:04d}" for i in range(o.targets)]
-    channel_of = {task_id: f"CDET{i:05d}" for i, task_id in enumerate(targets)}
-    async with lab(slack=True) as the_lab:
-        fake = the_lab.fake
-        assert fake is not None
-        fake.channel_rate(o.slack_rate)
-        the_lab.create_tasks(background + targets)
-        bots = await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
-        now = time.time()
-        everyone = background + targets
-        dues = {task_id: now + rng.uniform(0, o.interval) for task_id in everyone}
-        took = await the_lab.track(everyone, channels=channel_of, dues=dues)
-        say(f"{len(everyone)} tasks tracked in {took:.1f}s; waiting until every target was read")
 
-        async def targets_read() -> bool:
-            return await all_polled(the_lab.store, targets)
 
-        await wait_until(targets_read, within=o.interval + 150, every=1.0, what="targets read")
-        order = targets[:]
-        rng.shuffle(order)
-        spacing = o.interval / len(order)
-        flipped_wall: dict[str, float] = {}
-        flipped_mono: dict[str, float] = {}
-        start = time.monotonic()
-        index_at_start = len(the_lab.sim.requests)
-        say(f"flipping {len(order)} targets over {o.interval:.0f}s")
-        for k, task_id in enumerate(order):
-            await asyncio.sleep(max(0.0, start + k * spacing - time.monotonic()))
-            the_lab.sim.advance(task_id)
-            flipped_wall[task_id] = time.time()
-            flipped_mono[task_id] = time.monotonic()
+async def track_until_targets_read(
+    the_lab: Lab,
+    o: Options,
+    rng: random.Random,
+    everyone: list[str],
+    targets: list[str],
+    channel_of: dict[str, str],
+) -> None:
+    """Set-up: every task tracked, first due within one interval, until each target was read."""
+    assert the_lab.fake is not None
+    the_lab.fake.channel_rate(o.slack_rate)
+    the_lab.create_tasks(everyone)
+    await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
+    now = time.time()
+    dues = {task_id: now + rng.uniform(0, o.interval) for task_id in everyone}
+    took = await the_lab.track(everyone, channels=channel_of, dues=dues)
+    say(f"{len(everyone)} tasks tracked in {took:.1f}s; waiting until every target was read")
 
-        async def all_posted() -> bool:
-            return len(parent_posts(fake, channel_of.values())) == len(targets)
+    async def targets_read() -> bool:
+        return await all_polled(the_lab.store, targets)
 
-        await wait_until(all_posted, within=o.interval + 90, every=0.5, what="all parent posts")
-        elapsed = time.monotonic() - start
-        requests = the_lab.sim.requests[index_at_start:]
-        problems = problem_summary(bots)
+    await wait_until(targets_read, within=o.interval + 150, every=1.0, what="targets read")
+
+
+async def flip_until_posted(
+    the_lab: Lab, o: Options, rng: random.Random, targets: list[str], channel_of: dict[str, str]
+) -> Flips:
+    """Drive: the targets flipped one by one over one interval, until each one's post."""
+    fake = the_lab.fake
+    assert fake is not None
+    order = targets[:]
+    rng.shuffle(order)
+    spacing = o.interval / len(order)
+    flipped_wall: dict[str, float] = {}
+    flipped_mono: dict[str, float] = {}
+    start = time.monotonic()
+    index_at_start = len(the_lab.sim.requests)
+    say(f"flipping {len(order)} targets over {o.interval:.0f}s")
+    for k, task_id in enumerate(order):
+        await asyncio.sleep(max(0.0, start + k * spacing - time.monotonic()))
+        the_lab.sim.advance(task_id)
+        flipped_wall[task_id] = time.time()
+        flipped_mono[task_id] = time.monotonic()
+
+    async def all_posted() -> bool:
+        return len(parent_posts(fake, channel_of.values())) == len(targets)
+
+    await wait_until(all_posted, within=o.interval + 90, every=0.5, what="all parent posts")
+    elapsed = time.monotonic() - start
+    requests = the_lab.sim.requests[index_at_start:]
+    return Flips(flipped_wall, flipped_mono, elapsed, requests, problem_summary(the_lab.bots))
+
+
+def report(
+    o: Options, fake: FakeSlack, targets: list[str], channel_of: dict[str, str], flips: Flips
+) -> None:
+    flipped_wall, flipped_mono, requests = flips.wall, flips.mono, flips.requests
     posts = parent_posts(fake, channel_of.values())
     first_poll: dict[str, float] = {}
     for request in requests:
@@ -135,10 +168,24 @@ async def main(o: Options) -> None:
     target = o.interval + 1
     verdict = "ok" if len(total) == len(targets) and p95 <= target else "MISSED"
     print(f"target p95 <= POLL_INTERVAL + 1 s = {target:.0f} s: {verdict}")
-    print(f"load during the measurement: {polls / elapsed:.1f} getprogress/s at the simulator"
-          f" (budget {o.q:g}/s) over {elapsed:.0f}s")  # fmt: skip
+    print(f"load during the measurement: {polls / flips.elapsed:.1f} getprogress/s at the"
+          f" simulator (budget {o.q:g}/s) over {flips.elapsed:.0f}s")  # fmt: skip
     print(f"Slack 429 answers to chat.postMessage: {limited}")
-    print(f"replicas logged {problems[0]} warnings: {problems[1] or '-'}")
+    print(f"replicas logged {flips.problems[0]} warnings: {flips.problems[1] or '-'}")
+
+
+async def main(o: Options) -> None:
+    print_header(o)
+    rng = random.Random(o.seed)
+    background = [f"bg_{i:06d}" for i in range(o.background)]
+    targets = [f"det_{i:04d}" for i in range(o.targets)]
+    channel_of = {task_id: f"CDET{i:05d}" for i, task_id in enumerate(targets)}
+    async with lab(slack=True) as the_lab:
+        assert the_lab.fake is not None
+        fake = the_lab.fake
+        await track_until_targets_read(the_lab, o, rng, background + targets, targets, channel_of)
+        flips = await flip_until_posted(the_lab, o, rng, targets, channel_of)
+    report(o, fake, targets, channel_of, flips)
 
 
 def parse() -> Options:

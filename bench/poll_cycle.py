@@ -176,7 +176,7 @@ async def measure(the_lab: Lab, n: int, q: int, replicas: int, ids: list[str]) -
     )
 
 
-async def main(combos: list[tuple[int, int, int]]) -> None:
+def print_header(combos: list[tuple[int, int, int]]) -> None:
     header(
         "poll cycle at the limit",
         {
@@ -186,24 +186,37 @@ async def main(combos: list[tuple[int, int, int]]) -> None:
             "POLL_INTERVAL": "2 N/Q + 10 s",
         },
     )
+
+
+def say_result(result: Result, n: int, q: int) -> None:
+    """One combination's figures as soon as it is measured."""
+    ratio = result.cycle / (n / q)
+    say(
+        f"  cycle {result.cycle:.1f}s for {result.polled}/{n} tasks"
+        f" (N/Q {n / q:.1f}s, ratio {ratio:.3f}, target <= 1.1);"
+        f" peak {result.peak_sliding}/s sliding, {result.peak_fixed}/s fixed"
+        f" (target <= {q}), busiest second ends at +{result.peak_at:.1f}s;"
+        f" over-Q {result.over_q}; {result.errors} warnings"
+    )
+    say(f"  requests per second: {' '.join(map(str, result.per_second))}")
+    if result.problems:
+        say(f"  replicas logged: {result.problems}")
+
+
+async def measure_each(combos: list[tuple[int, int, int]]) -> list[Result]:
+    """Set-up (one lab, every task created once) and drive: one cycle per combination."""
     ids = [f"poll_{i:06d}" for i in range(max(n for n, _, _ in combos))]
     results: list[Result] = []
     async with lab() as the_lab:
         the_lab.create_tasks(ids)
         for n, q, replicas in combos:
             result = await measure(the_lab, n, q, replicas, ids)
-            ratio = result.cycle / (n / q)
-            say(
-                f"  cycle {result.cycle:.1f}s for {result.polled}/{n} tasks"
-                f" (N/Q {n / q:.1f}s, ratio {ratio:.3f}, target <= 1.1);"
-                f" peak {result.peak_sliding}/s sliding, {result.peak_fixed}/s fixed"
-                f" (target <= {q}), busiest second ends at +{result.peak_at:.1f}s;"
-                f" over-Q {result.over_q}; {result.errors} warnings"
-            )
-            say(f"  requests per second: {' '.join(map(str, result.per_second))}")
-            if result.problems:
-                say(f"  replicas logged: {result.problems}")
+            say_result(result, n, q)
             results.append(result)
+    return results
+
+
+def report(results: list[Result]) -> None:
     print()
     print(table([r.row() for r in results]))
     print(
@@ -219,6 +232,11 @@ async def main(combos: list[tuple[int, int, int]]) -> None:
         "\nCPU per poll: replicas' user+system CPU, Redis's, and this process's (simulator)"
         " over the cycle, divided by the tasks polled."
     )
+
+
+async def main(combos: list[tuple[int, int, int]]) -> None:
+    print_header(combos)
+    report(await measure_each(combos))
 
 
 def parse() -> list[tuple[int, int, int]]:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 from common import (
     LATENCY_MS,
+    BotProcess,
     Call,
+    Lab,
     all_polled,
     fmt,
     header,
@@ -58,7 +60,17 @@ def task_in(args: dict[str, object]) -> str | None:
     return str(found[0]) if found else None
 
 
-async def main(o: Options) -> None:
+@dataclass
+class Burst:
+    """What the fake Slack saw from the flip on, and when."""
+
+    flipped: float  # monotonic: every task at CONFIRM
+    done: float  # monotonic: every parent message posted
+    calls: list[Call]
+    problems: tuple[int, str]
+
+
+def print_header(o: Options) -> None:
     header(
         "posting burst",
         {
@@ -70,52 +82,67 @@ async def main(o: Options) -> None:
             "simulator latency ms": LATENCY_MS,
         },
     )
-    burst = [f"burst_{i:04d}" for i in range(o.tasks)]
-    everyone = [*burst, BYSTANDER]
-    channels = {task_id: BURST for task_id in burst} | {BYSTANDER: OTHER}
-    async with lab(slack=True) as the_lab:
-        fake = the_lab.fake
-        assert fake is not None
-        fake.channel_rate(o.slack_rate)
-        the_lab.create_tasks(everyone)
-        bots = await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
-        now = time.time()
-        dues = {task_id: now + random.uniform(0, o.interval) for task_id in everyone}
-        await the_lab.track(everyone, channels=channels, dues=dues)
 
-        async def read() -> bool:
-            return await all_polled(the_lab.store, everyone)
 
-        await wait_until(read, within=o.interval + 150, every=0.5, what="every task read")
-        await asyncio.sleep(1.0)
-        before = len(fake.calls)
-        started = time.monotonic()
-        for task_id in everyone:
-            the_lab.sim.advance(task_id)
-        flipped = time.monotonic()
-        say(f"flipped {len(everyone)} tasks in {1000 * (flipped - started):.1f} ms")
-        bound = o.tasks / o.slack_rate
+def burst_tasks(o: Options) -> list[str]:
+    return [f"burst_{i:04d}" for i in range(o.tasks)]
 
-        progress = {"shown": 0.0}
 
-        async def all_posted() -> bool:
-            count = len(posted_from(fake.calls[before:]))
-            if time.monotonic() - progress["shown"] > 30:
-                progress["shown"] = time.monotonic()
-                say(f"  {count} of {len(everyone)} parent messages posted")
-            return count == len(everyone)
+async def track_and_read_once(the_lab: Lab, o: Options, everyone: list[str]) -> list[BotProcess]:
+    """Set-up: the bots track every task, spread over one interval, until each was read."""
+    assert the_lab.fake is not None
+    the_lab.fake.channel_rate(o.slack_rate)
+    the_lab.create_tasks(everyone)
+    bots = await the_lab.start_bots(o.replicas, qps=o.q, interval=o.interval, slack=True)
+    channels = {task_id: BURST for task_id in everyone} | {BYSTANDER: OTHER}
+    now = time.time()
+    dues = {task_id: now + random.uniform(0, o.interval) for task_id in everyone}
+    await the_lab.track(everyone, channels=channels, dues=dues)
 
-        await wait_until(all_posted, within=2.5 * bound + 90, every=0.5, what="every post")
-        done = time.monotonic()
+    async def read() -> bool:
+        return await all_polled(the_lab.store, everyone)
 
-        async def uploads_done() -> bool:
-            completed = fake.calls_to("files.completeUploadExternal")
-            return sum(1 for c in completed if not c.fault and not c.error) >= len(everyone)
+    await wait_until(read, within=o.interval + 150, every=0.5, what="every task read")
+    return bots
 
-        await wait_until(uploads_done, within=30, every=0.5, what="every video upload")
-        await asyncio.sleep(3.0)  # anything sent twice would arrive now
-        calls = fake.calls[before:]
-        problems = problem_summary(bots)
+
+async def flip_and_wait_for_posts(the_lab: Lab, o: Options, everyone: list[str]) -> Burst:
+    """Drive: every task to CONFIRM at once, then until every message and video is at Slack."""
+    fake = the_lab.fake
+    assert fake is not None
+    await asyncio.sleep(1.0)
+    before = len(fake.calls)
+    started = time.monotonic()
+    for task_id in everyone:
+        the_lab.sim.advance(task_id)
+    flipped = time.monotonic()
+    say(f"flipped {len(everyone)} tasks in {1000 * (flipped - started):.1f} ms")
+    bound = o.tasks / o.slack_rate
+
+    progress = {"shown": 0.0}
+
+    async def all_posted() -> bool:
+        count = len(posted_from(fake.calls[before:]))
+        if time.monotonic() - progress["shown"] > 30:
+            progress["shown"] = time.monotonic()
+            say(f"  {count} of {len(everyone)} parent messages posted")
+        return count == len(everyone)
+
+    await wait_until(all_posted, within=2.5 * bound + 90, every=0.5, what="every post")
+    done = time.monotonic()
+
+    async def uploads_done() -> bool:
+        completed = fake.calls_to("files.completeUploadExternal")
+        return sum(1 for c in completed if not c.fault and not c.error) >= len(everyone)
+
+    await wait_until(uploads_done, within=30, every=0.5, what="every video upload")
+    await asyncio.sleep(3.0)  # anything sent twice would arrive now
+    return Burst(flipped, done, fake.calls[before:], problem_summary(the_lab.bots))
+
+
+def report(o: Options, everyone: list[str], burst: Burst) -> None:
+    flipped, calls = burst.flipped, burst.calls
+    bound = o.tasks / o.slack_rate
     posts = posted_from(calls)
     burst_times = [min(at) for task_id, at in posts.items() if task_id != BYSTANDER]
     last = max(burst_times, default=float("nan"))
@@ -143,7 +170,7 @@ async def main(o: Options) -> None:
         )
     else:
         print(f"bystander in {OTHER}: not posted")
-    print(f"all done (posts and uploads) {fmt(done - flipped, 1)} s after the flip")
+    print(f"all done (posts and uploads) {fmt(burst.done - flipped, 1)} s after the flip")
     print(
         f"\nSlack calls per task during the burst (all {len(calls)} calls / {len(everyone)} tasks):"
     )
@@ -157,7 +184,16 @@ async def main(o: Options) -> None:
         for method, count in sorted(per_method.items())
     ]
     print(table(rows))
-    print(f"\nreplicas logged {problems[0]} warnings: {problems[1] or '-'}")
+    print(f"\nreplicas logged {burst.problems[0]} warnings: {burst.problems[1] or '-'}")
+
+
+async def main(o: Options) -> None:
+    print_header(o)
+    everyone = [*burst_tasks(o), BYSTANDER]
+    async with lab(slack=True) as the_lab:
+        await track_and_read_once(the_lab, o, everyone)
+        burst = await flip_and_wait_for_posts(the_lab, o, everyone)
+    report(o, everyone, burst)
 
 
 def posted_from(calls: Sequence[Call]) -> dict[str, list[float]]:

@@ -113,7 +113,7 @@ def measure(
     return requests / task_hours, detections
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
@@ -128,7 +128,11 @@ def main() -> None:
     parser.add_argument("--decision-hours", type=float, nargs=2, default=[0.1, 4.0])
     parser.add_argument("--delivery-hours", type=float, nargs=2, default=[1.0, 4.0])
     parser.add_argument("--reject-share", type=float, default=0.25)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def tasks_to_simulate(args: argparse.Namespace) -> tuple[list[list[Stage]], list[float]]:
+    """The header, then each task's life and its first poll, from the seed."""
     header(
         "stage-aware schedule (simulated clock)",
         {
@@ -147,26 +151,43 @@ def main() -> None:
     rng = random.Random(args.seed)
     lives = [life(rng, args) for _ in range(args.tasks)]
     firsts = [rng.uniform(0, args.interval) for _ in lives]
+    return lives, firsts
+
+
+def poll_under_both(
+    args: argparse.Namespace, lives: list[list[Stage]], firsts: list[float]
+) -> dict[str, tuple[float, list[float]]]:
+    """Requests per task-hour and detection latencies, flat schedule and stage-aware."""
     flat = Schedule(args.interval)
     aware = Schedule(args.interval, args.slow_interval, args.train_min_hours * HOUR)
-    rows, rates = [], {}
-    for name, schedule in (("flat", flat), ("stage-aware", aware)):
-        rate, detections = measure(lives, firsts, schedule)
-        rates[name] = rate
-        rows.append(
-            {
-                "schedule": name,
-                "requests/task-hour": fmt(rate, 1),
-                "demos": len(detections),
-                "detection p50 s": fmt(percentile(detections, 50), 1),
-                "p95 s": fmt(percentile(detections, 95), 1),
-                "max s": fmt(max(detections), 1),
-            }
-        )
+    return {
+        name: measure(lives, firsts, schedule)
+        for name, schedule in (("flat", flat), ("stage-aware", aware))
+    }
+
+
+def report(args: argparse.Namespace, results: dict[str, tuple[float, list[float]]]) -> None:
+    rows = [
+        {
+            "schedule": name,
+            "requests/task-hour": fmt(rate, 1),
+            "demos": len(detections),
+            "detection p50 s": fmt(percentile(detections, 50), 1),
+            "p95 s": fmt(percentile(detections, 95), 1),
+            "max s": fmt(max(detections), 1),
+        }
+        for name, (rate, detections) in results.items()
+    ]
     print(table(rows))
-    cut = rates["flat"] / rates["stage-aware"]
+    cut = results["flat"][0] / results["stage-aware"][0]
     print(f"\ncut: {cut:.2f}x fewer requests per task-hour [target >= 3x]")
     print(f"detection target: p95 <= POLL_INTERVAL + 1 s = {args.interval + 1:.0f} s")
+
+
+def main() -> None:
+    args = parse()
+    lives, firsts = tasks_to_simulate(args)
+    report(args, poll_under_both(args, lives, firsts))
 
 
 if __name__ == "__main__":

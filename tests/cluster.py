@@ -1,20 +1,19 @@
 """Several real `python -m bot.cli run` processes sharing one Redis, driven from one event loop.
 
-Used by tests/test_replicas.py and bench/chaos.py. The IVH simulator and the fake Slack run in
-the caller's event loop, so everything here waits with `await`, never by blocking. Everything
-listens on 127.0.0.1 only.
+Used by tests/test_replicas.py, bench/chaos.py and (its Replica) bench/common.py. The IVH
+simulator and the fake Slack run in the caller's event loop, so everything here waits with
+`await`, never by blocking. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from redis.asyncio import Redis
 
 from bot.sim import RunningSimulator
 from bot.store import EVENTS_STREAM, SCHEDULE, Store, TaskRecord, claim_key
-from tests.conftest import free_port
+from tests.conftest import clean_env, free_port, wait_for
 from tests.fake_slack import FakeSlack, Message
 from tests.harness import (
     CHANNEL,
@@ -41,36 +40,8 @@ from tests.harness import (
 
 ROOT = Path(__file__).resolve().parents[1]
 INTAKE = "replica-intake-token"
-# Settings the processes must not inherit from whoever runs the tests.
-_OWN = (
-    *("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "VIDEO_", "LOG_"),
-    *("DECISION_", "EVENT_", "TRAIN_"),
-)
-_OWN_NAMES = {"PORT", "HOST", "DATA_DIR"}
 
 RUN = [sys.executable, "-m", "bot.cli", "run"]
-
-
-async def until(
-    condition: Callable[[], Awaitable[bool] | bool],
-    within: float,
-    what: str = "condition",
-    *,
-    every: float = 0.05,
-    detail: Callable[[], str] | None = None,
-) -> None:
-    """Await `condition` until it holds; AssertionError naming `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            extra = f"\n{detail()}" if detail else ""
-            raise AssertionError(f"{what}: not within {within:g} s{extra}")
-        await asyncio.sleep(every)
 
 
 # --- one process ----------------------------------------------------------------------------
@@ -154,16 +125,6 @@ class Replica:
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def process_env(**settings: str) -> dict[str, str]:
-    kept = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(_OWN) and k not in _OWN_NAMES and k != "PYTHONPATH"
-    }
-    # The processes import this checkout's `bot` (as the tests do), not whatever is installed.
-    return kept | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"} | settings
 
 
 # --- a tap on the way to IVH: which replica sent which request ------------------------------
@@ -281,7 +242,9 @@ class Cluster:
             "DATA_DIR": str(self.workdir / name / "data"),
             "LOG_LEVEL": "INFO",
         }
-        return process_env(**(values | self._settings))
+        # The processes import this checkout's `bot` (as the tests do), not whatever is installed.
+        here = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        return clean_env(**(here | values | self._settings))
 
     async def start(self, within: float = 30, *, wait: bool = True) -> Cluster:
         """Start every replica; with `wait`, until each answers /healthz with 200."""
@@ -305,7 +268,7 @@ class Cluster:
                     raise AssertionError(f"{replica.name} exited:\n{replica.tail()}")
             return all(await asyncio.gather(*(r.healthy(self.http) for r in replicas)))
 
-        await until(all_healthy, within, "replicas healthy", every=0.2, detail=self.tails)
+        await wait_for(all_healthy, within, "replicas healthy", every=0.2, detail=self.tails)
 
     async def restart(self, replica: Replica, within: float = 30) -> None:
         replica.kill()
@@ -434,10 +397,10 @@ class Cluster:
         async def finished() -> bool:
             return await self.posted(task_id) and await self.published()
 
-        await until(finished, within, what, detail=self.tails)
+        await wait_for(finished, within, what, detail=self.tails)
 
     async def wait_posted(self, task_id: str, within: float = 20) -> TaskRecord:
-        await until(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
+        await wait_for(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
         record = await self.store.get(task_id)
         assert record is not None
         return record

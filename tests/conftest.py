@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from aiohttp import web
@@ -18,6 +20,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.config import Settings
 from bot.ratelimit import JITTER
 from bot.store import Store, limiter_keys
 from tests.fake_slack import FakeSlack, fake_slack
@@ -27,6 +30,38 @@ if TYPE_CHECKING:
     from tests.harness import Bot
 
 Fsync = Literal["always", "everysec", "no"]  # redis-server's appendfsync policies
+
+
+# The bot's settings, as names in the environment: every field of Settings. Those with an
+# underscore clear their whole family (SLACK_..., IVH_...), so a variable added to a family later
+# is cleared before anyone lists it; the others (PORT, HOST, APPROVERS) only themselves.
+SETTING_PREFIXES = tuple(
+    sorted({name.split("_")[0] + "_" for name in Settings.model_fields if "_" in name})
+)
+SETTING_NAMES = frozenset(name for name in Settings.model_fields if "_" not in name)
+
+
+def is_setting(name: str) -> bool:
+    """Whether an environment variable is (or belongs to a family of) the bot's settings."""
+    return name.startswith(SETTING_PREFIXES) or name in SETTING_NAMES
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The environment for a bot subprocess: this one's without any of the bot's settings
+    (whoever runs the tests may have their own), plus `settings`."""
+    return {k: v for k, v in os.environ.items() if not is_setting(k)} | settings
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`ivh-approvals ARGS` run to its end (30 s at most) in `cwd`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def free_port() -> int:
@@ -192,13 +227,27 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail after `within` seconds."""
+async def wait_for(
+    condition: Callable[[], Awaitable[Any] | Any],
+    within: float = 10.0,
+    what: str = "condition",
+    *,
+    every: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition` (plain or async) until it is true; AssertionError naming `what`, and
+    `detail()` if given (say, the replicas' logs), after `within` seconds."""
     deadline = time.monotonic() + within
-    while not await condition():
+    while True:
+        result = condition()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"{what}: not within {within:g} s{extra}")
+        await asyncio.sleep(every)
 
 
 @contextlib.asynccontextmanager

@@ -212,10 +212,7 @@ class Bot:
         return record
 
     async def until(self, check: Any, within: float = 10.0) -> None:
-        async def holds() -> bool:
-            return bool(await check())
-
-        await wait_for(holds, within)
+        await wait_for(check, within)
 
     async def posted(self, task_id: str) -> TaskRecord:
         """Wait until the task's parent message exists and its video step is finished."""

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.store import Store
-from tests.conftest import RedisProcess, wait_for
+from tests.conftest import RedisProcess, run_cli, wait_for
 from tests.test_run import bot_env
 
 
@@ -99,14 +99,7 @@ def test_a_busy_port_is_one_line_naming_port(tmp_path: Path, command_name: str):
             IVH_APPKEY="appkey",
             IVH_ACCESS_TOKEN="token",
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "bot.cli", command_name],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_cli(command_name, env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"PORT: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
@@ -115,28 +108,14 @@ def test_a_busy_port_is_one_line_naming_port(tmp_path: Path, command_name: str):
 
 def test_simulate_on_a_busy_port_is_one_line_naming_it(tmp_path: Path):
     with port_held_open() as port:
-        result = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "simulate", "--port", str(port)],
-            env=bot_env(tmp_path),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_cli("simulate", "--port", str(port), env=bot_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"--port: cannot listen on 127.0.0.1:{port}: already in use" in result.stderr
 
 
 def test_events_without_a_bot_running_says_what_to_start(tmp_path: Path):
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "events", "-f"],
-        env=bot_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_cli("events", "-f", env=bot_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "REDIS_URL" in result.stderr and "DATA_DIR" in result.stderr

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = "### Watching the Tencent side with the simulator"
-# What a fresh shell would not have: settings of this machine's own bots and tests.
-UNSET = ("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "VIDEO_", "LOG_")
-UNSET_EXACT = ("DATA_DIR", "PORT", "HOST", "SIM_PORT", "TRAIN_MIN_SECONDS")
 
 
 def readme_block(heading: str) -> str:
@@ -40,7 +37,9 @@ def short_tmp() -> Iterator[Path]:
 
 
 def fresh_shell_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(UNSET) and k not in UNSET_EXACT}
+    """What a fresh shell would have: no settings of this machine's own bots and tests, nor the
+    walkthrough's own SIM_PORT."""
+    return {k: v for k, v in clean_env().items() if k != "SIM_PORT"}
 
 
 def group_alive(pgid: int) -> bool:

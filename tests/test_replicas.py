@@ -27,8 +27,8 @@ from bot.sim import RunningSimulator
 from bot.sim.state import Fault
 from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock, rate_key
 from handlers.guard import UNAVAILABLE
-from tests.cluster import Cluster, blocks_text, button_values, until
-from tests.conftest import RedisProcess, busiest_window, grants_at_redis
+from tests.cluster import Cluster, blocks_text, button_values
+from tests.conftest import RedisProcess, busiest_window, grants_at_redis, wait_for
 from tests.fake_slack import FakeSlack, Message
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,7 +99,7 @@ async def test_clicks_spread_over_three_replicas_send_one_decision(cluster: Make
         answered = {user for user, key in keys.items() if c.answers(key)}
         return decision is not None and len(answered | {decision.user}) == len(users)
 
-    await until(all_answered, 20, "every click decided or answered", detail=c.tails)
+    await wait_for(all_answered, 20, "every click decided or answered", detail=c.tails)
     decision = await c.store.decision(task.task_id, 1)
     assert decision is not None and decision.operate == "AGREE" and decision.user in users
     confirms = c.confirms(task.task_id)
@@ -110,13 +110,13 @@ async def test_clicks_spread_over_three_replicas_send_one_decision(cluster: Make
         if user != decision.user:
             [said] = c.answers(key)
             assert "Already being approved" in said or "round is closed" in said, said
-    await until(lambda: "Approved by" in blocks_text(c.parent_of(record)), 10, "message")
+    await wait_for(lambda: "Approved by" in blocks_text(c.parent_of(record)), 10, "message")
 
     def replies() -> list[Message]:
         return [m for m in c.thread_of(record) if "approved" in m.text]
 
-    await until(lambda: bool(replies()), 10, "the approval told in the thread")
-    await until(c.published, 10, "every event handled")
+    await wait_for(lambda: bool(replies()), 10, "the approval told in the thread")
+    await wait_for(c.published, 10, "every event handled")
     [reply] = replies()
     assert f"<@{decision.user}>" in blocks_text(reply)
 
@@ -173,14 +173,14 @@ async def test_three_replicas_share_the_qps_budget_and_never_poll_a_task_twice(
 
         return done
 
-    await until(all_read(few, 1), 10, "the 4 tasks read")
+    await wait_for(all_read(few, 1), 10, "the 4 tasks read")
 
     # 2. Three times over the budget (30 tasks every 2 s): the limiter is what holds. Every
     # read of the 26 new tasks was granted while the grants were counted.
     many = [c.sim.sim.create_task(train_seconds=3600).task_id for _ in range(26)]
     async with grants_at_redis(c.redis, rate_key("ivh")) as grants:
         await asyncio.gather(*(c.track(task_id, n % 3) for n, task_id in enumerate(many)))
-        await until(all_read(many, 2), 30, "the 26 new tasks read twice")
+        await wait_for(all_read(many, 2), 30, "the 26 new tasks read twice")
     assert len(grants) >= len(reads(start, many))
     assert busiest_window(grants, qps) <= qps, sorted(grants)
 
@@ -202,7 +202,7 @@ async def test_each_demo_is_posted_once_across_replicas(cluster: MakeCluster):
         done = await asyncio.gather(*(c.posted(task_id) for task_id in ids))
         return all(done) and await c.published()
 
-    await until(all_posted, 30, "all 12 demos posted", detail=c.tails)
+    await wait_for(all_posted, 30, "all 12 demos posted", detail=c.tails)
     await asyncio.sleep(1)  # anything posted twice would have arrived by now
     # One event per transition, whichever of the three pollers saw it.
     demos = Counter(
@@ -247,7 +247,7 @@ async def test_killed_after_claiming_before_the_call_blocks_until_the_claim_expi
         Fault(action="customerconfirm", task_id=task.task_id, kind="hold", apply=False)
     )
     await c.click(0, "approve", value, "U0ANA")
-    await until(lambda: c.confirms(task.task_id), 10, "Ana's call in flight")
+    await wait_for(lambda: c.confirms(task.task_id), 10, "Ana's call in flight")
     claim = await c.store.current_claim(task.task_id, 1)
     assert claim is not None and claim.user == "U0ANA"
     c.replicas[0].kill()
@@ -255,7 +255,7 @@ async def test_killed_after_claiming_before_the_call_blocks_until_the_claim_expi
 
     answer, key = await c.click(1, "approve", value, "U0BOB")
     assert answer.status_code == 200
-    await until(lambda: c.answers(key), 10, "Bob is answered")
+    await wait_for(lambda: c.answers(key), 10, "Bob is answered")
     assert "Already being approved by <@U0ANA>" in c.answers(key)[0]
     assert c.sim.sim.tasks[task.task_id].phase.value == "WAIT"
     assert len(c.confirms(task.task_id)) == 1
@@ -264,9 +264,9 @@ async def test_killed_after_claiming_before_the_call_blocks_until_the_claim_expi
     async def expired() -> bool:
         return await c.redis.exists(claim_key(task.task_id, 1)) == 0
 
-    await until(expired, 8, "Ana's claim expired by itself")
+    await wait_for(expired, 8, "Ana's claim expired by itself")
     await c.click(1, "approve", value, "U0BOB")
-    await until(_approved_by(c, record, "U0BOB"), 10, "Bob's approval shown", detail=c.tails)
+    await wait_for(_approved_by(c, record, "U0BOB"), 10, "Bob's approval shown", detail=c.tails)
     assert [d["operate"] for d in c.sim.sim.tasks[task.task_id].decisions] == ["AGREE"]
     assert [r["code"] for r in c.confirms(task.task_id)] == [100000, 0]  # lost, then Bob's
 
@@ -287,17 +287,19 @@ async def test_killed_after_tencent_took_the_decision_is_credited_by_a_survivor(
         Fault(action="customerconfirm", task_id=task.task_id, kind="hold", apply=True)
     )
     await c.click(0, "approve", value, "U0ANA")
-    await until(
+    await wait_for(
         lambda: c.sim.sim.tasks[task.task_id].phase.value == "DELIVER", 10, "Tencent took it"
     )
     c.replicas[0].kill()
     await _release_sim(c.sim)
     await c.expire_dead_leases()  # r0 may have been polling this very task: its 2-min lease
 
-    await until(_approved_by(c, record, "U0ANA"), 15, "credited to Ana", detail=c.tails)
+    await wait_for(_approved_by(c, record, "U0ANA"), 15, "credited to Ana", detail=c.tails)
     decision = await c.store.decision(task.task_id, 1)
     assert decision is not None and (decision.user, decision.source) == ("U0ANA", "slack")
-    await until(lambda: any("approved" in m.text for m in c.thread_of(record)), 5, "thread reply")
+    await wait_for(
+        lambda: any("approved" in m.text for m in c.thread_of(record)), 5, "thread reply"
+    )
     assert len(c.confirms(task.task_id)) == 1
     assert "outside Slack" not in json.dumps([m.blocks for m in c.thread_of(record)])
 
@@ -407,7 +409,7 @@ async def test_a_redis_restart_under_two_replicas_loses_nothing(
     async def all_unhealthy() -> bool:
         return not any(await asyncio.gather(*(r.healthy() for r in c.replicas)))
 
-    await until(all_unhealthy, 10, "both replicas report Redis down")
+    await wait_for(all_unhealthy, 10, "both replicas report Redis down")
     await asyncio.sleep(0.5)
     own_redis.start()  # same port, same append-only file
     await c.redis.connection_pool.disconnect()  # this test's own connections died with it
@@ -425,13 +427,13 @@ async def test_a_redis_restart_under_two_replicas_loses_nothing(
         answer, key = await c.click(attempt % 2, "approve", value, "U0ANA")
         assert answer.status_code == 200
         said = functools.partial(c.answers, key)
-        await until(lambda: said() or approved(), 10, "an answer")  # noqa: B023
+        await wait_for(lambda: said() or approved(), 10, "an answer")  # noqa: B023
         if approved():
             break
         assert said() == [UNAVAILABLE], said()
     assert approved(), "a click still decides"
     assert len(c.confirms(first.task_id)) == 1
-    await until(c.published, 10, "every event acknowledged")
+    await wait_for(c.published, 10, "every event acknowledged")
 
 
 # --- bugs found with replicas ---------------------------------------------------------------
@@ -461,7 +463,7 @@ async def test_a_slow_click_cannot_decide_a_round_that_was_decided_meanwhile(
     answer, _ = await c.click(0, "reject", values["reject"], "U0ANA")  # r0 reads the group
     assert answer.status_code == 200
     trigger = c.last_trigger
-    await until(lambda: c.modal_metadata(trigger), 10, "Ana's reject form")
+    await wait_for(lambda: c.modal_metadata(trigger), 10, "Ana's reject form")
     metadata = c.modal_metadata(trigger)
     assert metadata is not None
     await c.submit_reason(0, metadata, "green outline", "U0ANA")
@@ -471,9 +473,9 @@ async def test_a_slow_click_cannot_decide_a_round_that_was_decided_meanwhile(
         claimed = await c.redis.exists(claim_key(task.task_id, 1))
         return decision is not None and decision.operate == "REJECT" and not claimed
 
-    await until(rejected_and_released, 10, "Ana's rejection recorded", detail=c.tails)
+    await wait_for(rejected_and_released, 10, "Ana's rejection recorded", detail=c.tails)
     c.fake.release("usergroups.users.list")
-    await until(lambda: c.answers(bob) or len(c.confirms(task.task_id)) > 1, 5, "Bob answered")
+    await wait_for(lambda: c.answers(bob) or len(c.confirms(task.task_id)) > 1, 5, "Bob answered")
     await asyncio.sleep(0.5)
 
     operations = [(d["round"], d["operate"]) for d in c.sim.sim.tasks[task.task_id].decisions]
@@ -498,9 +500,9 @@ async def test_two_events_of_one_task_on_two_replicas_post_one_message(cluster: 
 
     # Either another publisher posts (the bug) or, correctly, waits for the first post.
     with contextlib.suppress(AssertionError):
-        await until(ended_elsewhere, 5, "the later events handled")
+        await wait_for(ended_elsewhere, 5, "the later events handled")
     c.fake.release("chat.postMessage")
-    await until(c.published, 15, "every event acknowledged", detail=c.tails)
+    await wait_for(c.published, 15, "every event acknowledged", detail=c.tails)
     parents = c.parents(task.task_id)
     assert len(parents) == 1, [p.ts for p in parents]
 
@@ -536,7 +538,7 @@ async def test_after_a_redis_restart_every_task_is_polled_again_promptly(
         read = {r["task_id"] for r in c.sim.sim.requests if r["t"] > back}
         return [task_id for task_id in ids if task_id not in read]
 
-    await until(lambda: not unread(), 2, "every task read again", detail=lambda: str(unread()))
+    await wait_for(lambda: not unread(), 2, "every task read again", detail=lambda: str(unread()))
 
 
 async def test_a_replica_started_while_redis_is_down_waits_for_it(
@@ -552,7 +554,7 @@ async def test_a_replica_started_while_redis_is_down_waits_for_it(
     own_redis.start()
     [replica] = c.replicas
     assert replica.alive, f"exited with status {replica.process.returncode}:\n{replica.tail()}"
-    await until(replica.healthy, 10, "healthy once Redis is back", every=0.2)
+    await wait_for(replica.healthy, 10, "healthy once Redis is back", every=0.2)
 
 
 async def test_an_event_this_version_cannot_read_does_not_stop_the_replicas(
@@ -579,7 +581,7 @@ async def test_a_decider_killed_after_recording_still_gets_its_thread_reply(
     task = c.sim.sim.create_task(deliver_seconds=3600)
     await c.track(task.task_id)
     record = await c.wait_posted(task.task_id)
-    await until(c.published, 10, "the demo event handled")
+    await wait_for(c.published, 10, "the demo event handled")
     value = button_values(c.parent_of(record))["approve"]
     updates = len(c.fake.calls_to("chat.update"))
     c.fake.hold("chat.update")  # the decider's rebuild, just after it saved the decision
@@ -594,7 +596,7 @@ async def test_a_decider_killed_after_recording_still_gets_its_thread_reply(
         snapshot = (await c.store.get(task.task_id)).snapshot
         return snapshot is not None and not snapshot.waiting and await c.published()
 
-    await until(settled, 10, "the survivor handled the task leaving confirmation")
+    await wait_for(settled, 10, "the survivor handled the task leaving confirmation")
     assert _approved_by(c, record, "U0ANA")()
     assert any("Round 1 approved" in m.text for m in c.thread_of(record))
 
@@ -611,14 +613,14 @@ async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
     record = await c.wait_posted(task.task_id)
     await c.click(0, "reject", button_values(c.parent_of(record))["reject"], "U0ANA")
     trigger = c.last_trigger
-    await until(lambda: c.modal_metadata(trigger), 10, "Ana's reject form")
+    await wait_for(lambda: c.modal_metadata(trigger), 10, "Ana's reject form")
     metadata = c.modal_metadata(trigger)
     assert metadata is not None
     c.sim.sim.add_fault(
         Fault(action="customerconfirm", task_id=task.task_id, kind="hold", apply=True)
     )
     await c.submit_reason(0, metadata, "green outline", "U0ANA")
-    await until(lambda: c.sim.sim.tasks[task.task_id].round == 2, 10, "Tencent took it")
+    await wait_for(lambda: c.sim.sim.tasks[task.task_id].round == 2, 10, "Tencent took it")
     c.replicas[0].kill()
     await _release_sim(c.sim)
     await c.expire_dead_leases()
@@ -627,19 +629,19 @@ async def test_a_round_that_went_straight_to_the_next_one_is_still_settled(
         loaded = await c.store.view(task.task_id)
         return bool(loaded and loaded.view.round == 2 and loaded.view.upload is not None)
 
-    await until(round_two_shown, 10, "round 2 posted", detail=c.tails)
+    await wait_for(round_two_shown, 10, "round 2 posted", detail=c.tails)
 
     async def round_one_recorded() -> bool:
         return await c.store.decision(task.task_id, 1) is not None
 
-    await until(round_one_recorded, 10, "round 1 settled (after a settle + reclaim period)")
+    await wait_for(round_one_recorded, 10, "round 1 settled (after a settle + reclaim period)")
     decision = await c.store.decision(task.task_id, 1)
     assert decision is not None and decision.user == "U0ANA", decision
 
     def told() -> bool:
         return any("Round 1 rejected" in m.text for m in c.thread_of(record))
 
-    await until(told, 5, "the rejection told in the thread")
+    await wait_for(told, 5, "the rejection told in the thread")
 
 
 # --- a quorum of approvals, whichever replica each approval reaches ---------------------------
@@ -656,11 +658,11 @@ async def test_a_quorum_spread_over_replicas_and_a_restart_sends_one_agree(clust
     value = button_values(c.parent_of(record))["approve"]
 
     _, first = await c.click(0, "approve", value, "U0ANA")
-    await until(lambda: bool(c.answers(first)), 10, "the first vote answered", detail=c.tails)
+    await wait_for(lambda: bool(c.answers(first)), 10, "the first vote answered", detail=c.tails)
     assert "1 of 3" in c.answers(first)[0]
     await c.restart(c.replicas[0])
     _, again = await c.click(1, "approve", value, "U0ANA")  # her vote, on another replica
-    await until(lambda: bool(c.answers(again)), 10, "the repeated vote answered")
+    await wait_for(lambda: bool(c.answers(again)), 10, "the repeated vote answered")
     assert "counts once" in c.answers(again)[0]
     assert "Approvals 1 of 3: <@U0ANA>" in blocks_text(c.parent_of(record))
 
@@ -669,7 +671,7 @@ async def test_a_quorum_spread_over_replicas_and_a_restart_sends_one_agree(clust
         *(c.click(n % 3, "approve", value, user) for n, user in enumerate(users))
     )
     assert [answer.status_code for answer, _ in sent] == [200] * len(users)
-    await until(lambda: _approved_by(c, record, "U0ANA")(), 20, "approved", detail=c.tails)
+    await wait_for(lambda: _approved_by(c, record, "U0ANA")(), 20, "approved", detail=c.tails)
 
     async def all_answered() -> bool:
         decision = await c.store.decision(task.task_id, 1)
@@ -679,7 +681,7 @@ async def test_a_quorum_spread_over_replicas_and_a_restart_sends_one_agree(clust
             for user, key in zip(users, keys, strict=True)
         )
 
-    await until(all_answered, 20, "every click decided or answered", detail=c.tails)
+    await wait_for(all_answered, 20, "every click decided or answered", detail=c.tails)
     decision = await c.store.decision(task.task_id, 1)
     assert decision is not None and decision.operate == "AGREE"
     # Everyone who had approved when the call went (a fourth click may come in time to count).
@@ -704,13 +706,13 @@ async def test_the_requester_is_told_each_step_once_by_three_replicas(cluster: M
         loaded = await c.store.view(task.task_id)
         return loaded is not None and loaded.view.phase == "succeeded"
 
-    await until(complete, 15, "the task complete", detail=c.tails)
+    await wait_for(complete, 15, "the task complete", detail=c.tails)
 
     def told() -> bool:
         return len(c.fake.direct_messages("U0REQ")) >= 3
 
-    await until(told, 15, "three direct messages", detail=c.tails)
-    await until(c.published, 10, "every event handled")
+    await wait_for(told, 15, "three direct messages", detail=c.tails)
+    await wait_for(c.published, 10, "every event handled")
     ready, decided, ended = (blocks_text(m) for m in c.fake.direct_messages("U0REQ"))
     assert "ready for a decision" in ready
     assert "Approved by <@U0ANA>" in decided

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from bot.demo import stage_of
 from bot.events import Snapshot
 from bot.sim import RunningSimulator
 from bot.store import Store
-from tests.conftest import RedisProcess, free_port, serving, wait_for
+from tests.conftest import RedisProcess, clean_env, free_port, run_cli, serving, wait_for
 from tests.fake_slack import FakeSlack
 from tests.harness import settings_for
 
@@ -26,12 +25,7 @@ INTAKE = "run-test-token"
 
 
 def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    kept = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_"))
-    }
-    return kept | {"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings
+    return clean_env(**({"DATA_DIR": str(tmp_path / "data"), "INTAKE_TOKEN": INTAKE} | settings))
 
 
 def start_bot(
@@ -102,14 +96,7 @@ async def test_run_polls_tracked_tasks_and_stops_on_sigterm(
 
 def test_run_without_ivh_keys_names_them_and_stops(tmp_path: Path):
     """`run` never quietly talks to the simulator: it is for `demo` and `simulate`."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        env=bot_env(tmp_path, PORT=str(free_port())),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_cli("run", env=bot_env(tmp_path, PORT=str(free_port())), cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "IVH_APPKEY" in result.stderr and "IVH_ACCESS_TOKEN" in result.stderr
@@ -135,13 +122,7 @@ async def test_run_without_redis_url_uses_the_embedded_redis_and_says_replicas_n
     try:
         await wait_for(lambda: healthy(url), within=30)
         tracked = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "bot.cli", "track", task.task_id, "--title", "Anna"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
+            run_cli, "track", task.task_id, "--title", "Anna", env=env, cwd=tmp_path
         )
         assert tracked.returncode == 0, tracked.stderr
         assert f'"task_id": "{task.task_id}"' in tracked.stdout
@@ -256,14 +237,7 @@ async def test_a_second_demo_starts_afresh_beside_the_first_ones_data(tmp_path: 
 def test_the_demo_refuses_a_redis_url(tmp_path: Path, redis_server: RedisProcess):
     """Its poller would read that Redis's real tasks from the simulator, which makes them up."""
     env = bot_env(tmp_path, PORT=str(free_port()), REDIS_URL=redis_server.url)
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "demo"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_cli("demo", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "REDIS_URL" in result.stderr
@@ -276,13 +250,10 @@ async def test_a_demo_does_not_join_the_embedded_redis_of_a_running_process(tmp_
     try:
         await wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), within=30)
         second = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "bot.cli", "demo"],
+            run_cli,
+            "demo",
             env=env | {"PORT": str(free_port())},
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
         )
     finally:
         code = await stop(process)
@@ -312,14 +283,7 @@ def test_the_demo_tells_each_stage_with_its_round(status, stage, stage_status, r
 
 def test_demo_with_partial_slack_settings_names_the_missing_one(tmp_path: Path):
     env = bot_env(tmp_path, SLACK_BOT_TOKEN="xoxb-1", SLACK_SIGNING_SECRET="s")
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "demo"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_cli("demo", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "SLACK_APP_TOKEN" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

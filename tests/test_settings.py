@@ -1,20 +1,18 @@
 """Settings: a wrong one stops start-up with one line that names it."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bot.config import Settings, SettingsError, load_settings
+from tests.conftest import clean_env, is_setting, run_cli
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    ours = ("SLACK_", "IVH_", "REDIS_", "APPROVER", "INTAKE_", "POLL_", "REQUIRED_", "PREVENT_")
+def no_settings(monkeypatch, tmp_path):
     for name in list(os.environ):
-        if name.startswith((*ours, "REJECT_")):
+        if is_setting(name):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -96,16 +94,8 @@ def test_approvers_are_a_comma_separated_list(monkeypatch):
 
 
 def test_run_with_a_wrong_setting_prints_one_line_and_exits(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IVH_", "SLACK_"))}
-    env["IVH_MAX_QPS"] = "lots"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    env = clean_env(IVH_MAX_QPS="lots")
+    result = run_cli("run", env=env, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
