@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.messages import escape
@@ -38,10 +38,13 @@ CSV_FIELDS = (
 )
 
 
-def parse_when(text: str) -> float:
-    """A date (`2026-11-30`) or a date and time (`2026-11-30T14:00`, UTC unless it says)."""
+def parse_when(text: str, *, end: bool = False) -> float:
+    """A date (`2026-11-30`) or a date and time (`2026-11-30T14:00`, UTC unless it says).
+    With `end`, a bare date means the end of that day (`--until 2026-11-30` includes it)."""
     try:
         when = datetime.fromisoformat(text)
+        if end and len(text.strip()) == 10:
+            when += timedelta(days=1)
     except ValueError:
         raise ValueError(
             f"expected a date such as 2026-11-30 or 2026-11-30T14:00, got {text!r}"

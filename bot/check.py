@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 from bot.ivh import CODE_NOT_FOUND, IvhClient, IvhError, RetryPolicy
 from bot.manifest import BOT_SCOPES
+from bot.redact import redact
 from bot.slack import make_client, slack_error
 from bot.store import SCHEDULE, Store
 
@@ -68,6 +69,8 @@ async def _bounded(name: str, check: Awaitable[Result]) -> Result:
             return await check
     except TimeoutError:
         return Result(name, False, f"no answer within {TIMEOUT:.0f} s")
+    except Exception as error:  # unreachable, refused, ...: a failed check, not a traceback
+        return Result(name, False, f"cannot check: {type(error).__name__}: {redact(str(error))}")
 
 
 def _settings(settings: Settings) -> Result:

@@ -118,7 +118,7 @@ async def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until) if args.until else None
+        until = parse_when(args.until, end=True) if args.until else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

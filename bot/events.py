@@ -44,7 +44,9 @@ def round_of(previous: Snapshot | None, progress: Progress) -> int:
     if not previous.waiting:
         return max(last + 1, listed)  # back to WAIT_PROCESS after leaving it
     grew = previous.train_records is not None and listed > previous.train_records
-    changed = demo_identity(previous.demo_urls) != demo_identity(progress.demo_urls)
+    before, now = demo_identity(previous.demo_urls), demo_identity(progress.demo_urls)
+    # An answer without demo links (StageInfo missing or empty) says nothing about the round.
+    changed = bool(before) and bool(now) and before != now
     if grew or changed:
         return max(last + 1, listed)  # retrained between two polls
     return last

@@ -489,8 +489,9 @@ class Publisher:
         if loaded is not None and await self._to_do(entry_id, "reply"):
             await self._thread.reply(record, messages.ending_reply(loaded.view), broadcast=False)
             await self._store.mark_step(entry_id, "reply")
-        await self._tell_requester(entry_id, "dm:ended", event.task_id, messages.requester_ended)
+        # Retired first: a direct message Slack keeps refusing must not keep the task's keys.
         await self._store.retire(event.task_id)
+        await self._tell_requester(entry_id, "dm:ended", event.task_id, messages.requester_ended)
 
     async def _unknown(self, entry_id: str, event: Event) -> None:
         record = await self._store.get(event.task_id)

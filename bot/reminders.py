@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 
@@ -26,6 +27,7 @@ from bot.store import ESCALATIONS, REMINDERS, Store
 log = logging.getLogger(__name__)
 
 TICK = 5.0  # seconds between looks at what is due
+RETRY = 300.0  # an escalation that could not be sent is tried again this much later
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Reminders:
                 await self.run_once(self._clock())
             except RedisError as error:
                 log.warning("reminders: Redis unavailable (%s); retrying", error)
+            except Exception:
+                # A reminder is never worth the process: log it and look again later.
+                log.exception("reminders: unexpected error; retrying in %.0f s", TICK)
             await asyncio.sleep(TICK)
 
     async def run_once(self, now: float) -> int:
@@ -76,16 +81,23 @@ class Reminders:
             upto = now - policy.remind_after
             then = now + policy.remind_every - policy.remind_after
             for task_id, round_ in await self._store.take_waiting(REMINDERS, upto, then):
-                count += await self._nudge(REMINDERS, task_id, round_, now, escalation=False)
+                # Not sent now: it was moved on already, and comes up again at the next time.
+                count += await self._nudge(REMINDERS, task_id, round_, now, escalation=False) or 0
         if policy.escalate_after is not None and policy.escalate_to:
             upto = now - policy.escalate_after
             for task_id, round_ in await self._store.take_waiting(ESCALATIONS, upto, None):
-                count += await self._nudge(ESCALATIONS, task_id, round_, now, escalation=True)
+                sent = await self._nudge(ESCALATIONS, task_id, round_, now, escalation=True)
+                if sent is None:  # not sent, and it was taken out: try again a little later
+                    retry = now + RETRY - policy.escalate_after
+                    await self._store.set_waiting(ESCALATIONS, task_id, round_, retry)
+                count += sent or 0
         return count
 
     async def _nudge(
         self, key: str, task_id: str, round_: int, now: float, *, escalation: bool
-    ) -> int:
+    ) -> int | None:
+        """1 when sent, 0 when nothing is due any more (or deferred), None when it could not
+        be sent now (Slack failed, or no message yet)."""
         loaded = await self._store.view(task_id)
         if loaded is None or loaded.view.round != round_ or loaded.view.phase != Phase.PENDING:
             await self._store.set_waiting(key, task_id, round_, None)  # decided or gone
@@ -100,7 +112,7 @@ class Reminders:
             return 0
         record = loaded.record
         if not record.slack_ts:
-            return 0  # no message yet: the next reminder finds it
+            return None  # no message yet
         ready = await self._store.ready_at(task_id, round_)
         waited = now - ready if ready else policy.remind_after
         mention = policy.escalate_to if escalation else self._mention()
@@ -111,7 +123,10 @@ class Reminders:
             log.warning(
                 "task %s round %d: reminder not sent: %s", task_id, round_, slack_error(error)
             )
-            return 0
+            return None
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            log.warning("task %s round %d: Slack unreachable (%r)", task_id, round_, error)
+            return None
         kind = "escalation" if escalation else "reminder"
         log.info("task %s round %d: %s sent", task_id, round_, kind)
         if self._sent is not None:

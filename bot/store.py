@@ -210,7 +210,11 @@ for _, waiting in ipairs(new.waiting) do
   redis.call('ZADD', KEYS[9], 'NX', new.polled_at, waiting)
   redis.call('ZADD', KEYS[10], 'NX', new.polled_at, waiting)
 end
-for _, left in ipairs(new.left) do redis.call('ZREM', KEYS[10], left) end
+for _, left in ipairs(new.left) do
+  redis.call('ZREM', KEYS[10], left)
+  redis.call('ZREM', KEYS[8], left)
+  redis.call('ZREM', KEYS[9], left)
+end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
@@ -226,6 +230,8 @@ local ready = redis.call('HGET', KEYS[4], ARGV[1]) or ''
 redis.call('XADD', KEYS[3], 'MINID', ARGV[5], '*', 'kind', 'decision',
            'task_id', ARGV[4], 'record', ARGV[2], 'ready_at', ready)
 redis.call('ZREM', KEYS[5], ARGV[6])
+redis.call('ZREM', KEYS[6], ARGV[6])
+redis.call('ZREM', KEYS[7], ARGV[6])
 return ready
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
 
@@ -409,6 +415,8 @@ class Store:
                 AUDIT_STREAM,
                 ready_key(task_id),
                 PENDING,
+                REMINDERS,
+                ESCALATIONS,
             ],
             args=[
                 str(decision.round),
@@ -433,7 +441,7 @@ class Store:
         """The audit trail between two times, oldest first: each entry's kind, task, time and
         the event or decision it records."""
         start = f"{int(since * 1000)}-0" if since is not None else "-"
-        end = f"{int(until * 1000)}-0" if until is not None else "+"
+        end = f"({int(until * 1000)}-0" if until is not None else "+"  # up to, not including
         while True:
             entries: list[Any] = list(
                 await self.redis.xrange(AUDIT_STREAM, start, end, count=count) or []
@@ -767,6 +775,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         demos_key(task_id),
         replies_key(task_id),
         votes_key(task_id),
+        ready_key(task_id),
     )
 
 

@@ -97,6 +97,7 @@ async def _status(store: Store, task_id: str) -> str:
     return messages.status_text(view, record.slack_permalink)
 
 
+QUICK = 1.0  # seconds the approver check may take within the ack
 PENDING_SHOWN = 25  # rounds read for /ivh pending: one round trip each, within the ack
 
 
@@ -107,7 +108,12 @@ async def _pending(store: Store, approvers: Approvers, user: str) -> str:
         if loaded is not None:
             waiting.append((loaded.view, ready, loaded.record.slack_permalink))
     refusal = None
-    if not await approvers.allows(user):
+    try:
+        async with asyncio.timeout(QUICK):  # the member list may be read from Slack
+            allowed = await approvers.allows(user)
+    except TimeoutError:
+        allowed = False
+    if not allowed:
         refusal = f"Only approvers can decide ({approvers.describe()})."
     return messages.pending_text(waiting, time.time(), refusal)
 

@@ -157,3 +157,13 @@ def test_train_record_only_raises_the_count():
 def test_garbage_stage_info_is_a_validation_error():
     with pytest.raises(ValueError):
         _progress("{not json")
+
+
+@pytest.mark.parametrize("reading", ["current", "history"])
+def test_an_answer_without_demo_links_starts_no_round(reading):
+    """WAIT_PROCESS with StageInfo missing says nothing about the round: neither its absence
+    nor the links coming back is a retrain."""
+    bare = Progress.model_validate(
+        {"Status": "MAKING", "StageV2": "CONFIRM", "StatusV2": "WAIT_PROCESS", "StageInfo": ""}
+    )
+    assert _rounds(_reading(reading, 1), bare, _reading(reading, 1)) == [1, 1, 1]

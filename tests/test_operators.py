@@ -317,3 +317,24 @@ async def test_ivh_history_shows_every_round_its_demos_and_decisions(bot: Bot):
     assert "Rejected by <@U0ALICE>" in answer and "lips out of sync" in answer
     assert "Approved by <@U0BOB>" in answer and "RequestID" in answer
     assert "Tencent: MAKING/CONFIRM/WAIT_PROCESS" in answer
+
+
+async def test_check_says_slack_is_unreachable_instead_of_a_traceback(
+    tmp_path, sim, fake, redis_url
+):
+    from tests.conftest import free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}/api/"
+    env = check_env(tmp_path, sim, fake, redis_url, SLACK_API_URL=unreachable)
+    code, lines = await run_check(tmp_path, env)
+    assert code == 1
+    slack = next(line for line in lines if " slack:" in line)
+    assert slack.startswith("FAIL") and "cannot check" in slack
+    assert next(line for line in lines if " ivh:" in line).startswith("ok")
+
+
+def test_until_a_date_includes_that_whole_day():
+    from bot.audit import parse_when
+
+    assert parse_when("2026-11-30", end=True) - parse_when("2026-11-30") == 86_400
+    assert parse_when("2026-11-30T14:00", end=True) == parse_when("2026-11-30T14:00")

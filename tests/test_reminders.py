@@ -118,3 +118,35 @@ def test_wrong_reminder_settings_name_themselves(value, problem):
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None, **value)  # type: ignore[call-arg]
     assert problem in str(caught.value)
+
+
+async def test_an_escalation_slack_refuses_is_tried_again_and_the_loop_goes_on(bot: Bot):
+    _, ready, record = await waiting_task(bot)
+    one = reminders(bot, policy(remind_after=0))
+    bot.fake.fail("chat.postMessage", error="internal_error", count=1)
+    assert await one.run_once(ready + 24 * HOUR + 1) == 0  # refused: not lost
+    assert await one.run_once(ready + 24 * HOUR + 60) == 0  # not due again yet
+    assert await one.run_once(ready + 24 * HOUR + 400) == 1  # tried again
+    assert len([m for m in bot.thread(record) if m.text.startswith("Escalated")]) == 1
+
+
+async def test_slack_unreachable_does_not_stop_the_reminders(bot: Bot, caplog):
+    import asyncio
+
+    _, ready, _ = await waiting_task(bot)
+    clock = [ready + 4 * HOUR + 1]
+    one = Reminders(
+        bot.store,
+        bot.runtime.slack.publisher._thread,
+        policy(),
+        lambda: "x",
+        clock=lambda: clock[0],
+    )
+    await bot.fake.close()  # Slack is gone: a connection error, not a Slack answer
+    loop = asyncio.create_task(one.run())
+    try:
+        await bot.until(lambda: "Slack unreachable" in caplog.text, within=30)
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
