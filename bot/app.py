@@ -26,6 +26,7 @@ from bot.approvers import Approvers
 from bot.config import Settings, SettingsError, listen_error
 from bot.decisions import Decider
 from bot.embedded import start_embedded
+from bot.home import Home
 from bot.hosts import HostPolicy
 from bot.ivh import IvhClient
 from bot.metrics import Metrics
@@ -120,6 +121,7 @@ class SlackSide:
     session: aiohttp.ClientSession  # every Slack call's keep-alive connections
     handoff: Handoff  # work started after acks
     reminders: Reminders
+    home: Home
 
 
 @dataclass
@@ -245,6 +247,14 @@ class Runtime:
             process_before_response=True,
         )
         handoff = Handoff()
+        home = Home(
+            self.store,
+            client,
+            approvers,
+            required_approvals=settings.REQUIRED_APPROVALS,
+            prevent_self_approval=settings.PREVENT_SELF_APPROVAL,
+            every=settings.HOME_REFRESH_SECONDS,
+        )
         handlers.register(
             bolt,
             store=self.store,
@@ -252,6 +262,7 @@ class Runtime:
             approvers=approvers,
             on_track=self.poller.wake,
             handoff=handoff,
+            home=home,
         )
         reminders = Reminders(
             self.store,
@@ -266,7 +277,7 @@ class Runtime:
             approvers.describe,
             sent=self.metrics.reminded,
         )
-        return SlackSide(bolt, publisher, media, session, handoff, reminders)
+        return SlackSide(bolt, publisher, media, session, handoff, reminders, home)
 
     async def health(self) -> dict[str, bool]:
         """/healthz: the same keys whatever is configured (HEALTH_KEYS, README).
@@ -440,6 +451,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))
             loops.append(asyncio.create_task(runtime.slack.reminders.run(), name="reminders"))
+            loops.append(asyncio.create_task(runtime.slack.home.run(), name="app home"))
             if settings.SLACK_APP_TOKEN is not None:
                 try:
                     socket_mode = await _socket_mode(

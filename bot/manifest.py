@@ -49,8 +49,9 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
         "should_escape": True,
     }
     interactivity: dict[str, Any] = {"is_enabled": True}
-    # Tells the bot when APPROVER_GROUP's members change, so its cache never lags.
-    events: dict[str, Any] = {"bot_events": ["subteam_members_changed"]}
+    # subteam_members_changed: APPROVER_GROUP's members changed, so its cache never lags;
+    # app_home_opened: someone opened the Home tab, which is published for them then.
+    events: dict[str, Any] = {"bot_events": ["app_home_opened", "subteam_members_changed"]}
     if not socket:
         command["url"] = request_url
         interactivity["request_url"] = request_url
@@ -61,10 +62,11 @@ def manifest(*, request_url: str | None = None, name: str = "IVH Approvals") -> 
             "description": "Approve or reject Tencent IVH avatar and voice demos in Slack",
         },
         "features": {
-            # The requester's direct messages show in the app's Messages tab; nobody needs to
-            # write to the bot there, so the tab is read-only.
+            # The Home tab holds the approver's queue (views.publish, no scope needed). The
+            # requester's direct messages show in the Messages tab; nobody needs to write to
+            # the bot there, so the tab is read-only.
             "app_home": {
-                "home_tab_enabled": False,
+                "home_tab_enabled": True,
                 "messages_tab_enabled": True,
                 "messages_tab_read_only_enabled": True,
             },

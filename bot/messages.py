@@ -50,7 +50,7 @@ def clip(text: str, limit: int) -> str:
     return cut + MORE
 
 
-def _link(url: str, label: str) -> str:
+def link(url: str, label: str) -> str:
     """A link to an http(s) URL; anything else (`@U…`, `!everyone`, `javascript:`) would be
     a mention or worse inside `<…>`, so it is shown as inert text instead."""
     if not url.lower().startswith(("https://", "http://")) or any(c.isspace() for c in url):
@@ -91,6 +91,16 @@ def button_value(task_id: str, round_: int) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def form_origin(metadata: str) -> str:
+    """Where a Reject form was opened from: "home", else "channel" (forms of earlier
+    versions say nothing)."""
+    try:
+        data = json.loads(metadata)
+    except ValueError:
+        return "channel"
+    return "home" if isinstance(data, dict) and data.get("from") == "home" else "channel"
+
+
 def parse_button_value(value: str) -> tuple[str, int]:
     """Untrusted input: the caller still checks it against the stored state."""
     if len(value) > 600:  # a task id (128 characters, quotes escaped) and a round
@@ -102,19 +112,19 @@ def parse_button_value(value: str) -> tuple[str, int]:
     return task_id, round_
 
 
-def _name(view: TaskView) -> str:
+def name_of(view: TaskView) -> str:
     return escape(view.title) if view.title else f"Task {escape(view.task_id)}"
 
 
-def _section(text: str) -> Payload:
+def section(text: str) -> Payload:
     return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SECTION_MAX)}}
 
 
-def _context(text: str) -> Payload:
+def context(text: str) -> Payload:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, SECTION_MAX)}]}
 
 
-def _decision_line(decision: Decision) -> str:
+def decision_line(decision: Decision) -> str:
     when = slack_date(decision.at)
     if decision.source == "elsewhere":
         return f"Decided outside Slack (e.g. the Tencent console), seen {when}"
@@ -129,7 +139,7 @@ def _people(users: list[str]) -> str:
     return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
-def _votes(view: TaskView) -> str:
+def votes_line(view: TaskView) -> str:
     """How far the current round is from its quorum: "Approvals 1 of 2: @ana"."""
     # The setting as it is now: a quorum changed by a restart applies to votes already given.
     required = view.required_approvals
@@ -151,7 +161,7 @@ def _status(view: TaskView) -> str:
     match view.phase:
         case Phase.PENDING:
             waits = f"⏳ *Round {view.round} waits for a decision.* Watch the demo, then decide."
-            votes = _votes(view)
+            votes = votes_line(view)
             return f"{waits}\n{votes}" if votes else waits
         case Phase.TRAINING:
             return "🛠️ Training; the demo will be posted here when it is ready."
@@ -161,7 +171,7 @@ def _status(view: TaskView) -> str:
                 Phase.REJECTED: f"Back to training; round {view.round + 1} comes to this thread.",
                 Phase.ELSEWHERE: "",
             }[view.phase]
-            return "\n".join(part for part in (_decision_line(decision), follow) if part)
+            return "\n".join(part for part in (decision_line(decision), follow) if part)
         case Phase.SUCCEEDED:
             return "🎉 *Complete.* The asset is ready."
         case Phase.FAILED:
@@ -205,7 +215,7 @@ def _newest_that_fit(lines: list[str], room: int, cut: Callable[[int], str], kee
 def _demo_links(view: TaskView) -> list[str]:
     """The demo links, in as many section texts as they need, and what became of the video."""
     urls = view.demo_urls[:DEMO_LINKS_MAX]
-    links = [_link(url, f"Watch demo {i}") for i, url in enumerate(urls, 1)]
+    links = [link(url, f"Watch demo {i}") for i, url in enumerate(urls, 1)]
     if len(view.demo_urls) > len(urls):
         links.append(f"…and {len(view.demo_urls) - len(urls)} more in the thread")
     texts = _packed(links, SECTION_MAX - 10, joiner=" · ")
@@ -224,33 +234,38 @@ def _demo_links(view: TaskView) -> list[str]:
     return texts
 
 
-def _buttons(view: TaskView) -> Payload:
+def decision_buttons(
+    view: TaskView, block_id: str | None = None, *, approve: bool = True
+) -> Payload:
+    """Approve (with its confirmation) and Reject, or Reject alone; `block_id` must be unique
+    in its message or view (the App Home shows several rounds)."""
     value = button_value(view.task_id, view.round)
+    buttons: list[Payload] = [
+        {
+            "type": "button",
+            "action_id": APPROVE,
+            "text": {"type": "plain_text", "text": "Approve"},
+            "style": "primary",
+            "value": value,
+            "confirm": {
+                "title": {"type": "plain_text", "text": "Approve this demo?"},
+                "text": {"type": "mrkdwn", "text": _approve_question(view)},
+                "confirm": {"type": "plain_text", "text": "Approve"},
+                "deny": {"type": "plain_text", "text": "Cancel"},
+            },
+        },
+        {
+            "type": "button",
+            "action_id": REJECT,
+            "text": {"type": "plain_text", "text": "Reject"},
+            "style": "danger",
+            "value": value,
+        },
+    ]
     return {
         "type": "actions",
-        "block_id": f"decide:{view.round}",
-        "elements": [
-            {
-                "type": "button",
-                "action_id": APPROVE,
-                "text": {"type": "plain_text", "text": "Approve"},
-                "style": "primary",
-                "value": value,
-                "confirm": {
-                    "title": {"type": "plain_text", "text": "Approve this demo?"},
-                    "text": {"type": "mrkdwn", "text": _approve_question(view)},
-                    "confirm": {"type": "plain_text", "text": "Approve"},
-                    "deny": {"type": "plain_text", "text": "Cancel"},
-                },
-            },
-            {
-                "type": "button",
-                "action_id": REJECT,
-                "text": {"type": "plain_text", "text": "Reject"},
-                "style": "danger",
-                "value": value,
-            },
-        ],
+        "block_id": block_id or f"decide:{view.round}",
+        "elements": buttons if approve else buttons[1:],
     }
 
 
@@ -260,7 +275,7 @@ def _approve_question(view: TaskView) -> str:
     if view.required_approvals > 1:
         after = f": your approval is one of the {view.required_approvals} it needs to be accepted."
     room = CONFIRM_TEXT_MAX - len(before) - len(after)
-    return before + clip(_name(view), room) + after
+    return before + clip(name_of(view), room) + after
 
 
 def fallback_text(view: TaskView) -> str:
@@ -297,25 +312,25 @@ def posted_for(message: Payload, task_id: str) -> bool:
 
 def task_message(view: TaskView) -> Payload:
     """The parent message, rebuilt whole from the task's state on every change."""
-    heading = f"*{_name(view)}*\n{_task(view.task_id)}"
+    heading = f"*{name_of(view)}*\n{task_code(view.task_id)}"
     if view.round:
         heading += f" · round {view.round}"
     blocks: list[Payload] = [
-        _section(heading),
-        _context(f"Tracked by {who(view.tracked_by)} {slack_date(view.tracked_at)}"),
-        _section(_status(view)),
+        section(heading),
+        context(f"Tracked by {who(view.tracked_by)} {slack_date(view.tracked_at)}"),
+        section(_status(view)),
     ]
     if view.earlier_rejections:
-        blocks.append(_section(_earlier_rejections(view)))
+        blocks.append(section(_earlier_rejections(view)))
     if view.tencent_reject_reason:
         reason = clip(escape(view.tencent_reject_reason), 1000)
-        blocks.append(_section(f"⚠️ *Tencent declined to retrain:* {reason}"))
+        blocks.append(section(f"⚠️ *Tencent declined to retrain:* {reason}"))
     if view.phase == Phase.PENDING and view.demo_urls:
-        blocks.extend(_section(text) for text in _demo_links(view))
+        blocks.extend(section(text) for text in _demo_links(view))
     if view.phase == Phase.SUCCEEDED and view.assets:
-        blocks.append(_section(_assets(view)))
+        blocks.append(section(_assets(view)))
     if view.phase == Phase.PENDING:
-        blocks.append(_buttons(view))
+        blocks.append(decision_buttons(view))
     return {"text": fallback_text(view), "blocks": blocks}
 
 
@@ -334,14 +349,14 @@ def _earlier_rejections(view: TaskView) -> str:
 
 def round_reply(view: TaskView) -> Payload:
     urls = view.demo_urls[:DEMO_LINKS_MAX]
-    links = [_link(url, f"demo {i}") for i, url in enumerate(urls, 1)]
+    links = [link(url, f"demo {i}") for i, url in enumerate(urls, 1)]
     if len(view.demo_urls) > len(urls):
         links.append(f"…and {len(view.demo_urls) - len(urls)} more")
     texts = _packed(links or ["no demo link given"], SECTION_MAX - 40, joiner=" · ")
     texts[0] = f"*Round {view.round}* is ready for a decision: {texts[0]}"
     return {
         "text": f"Round {view.round} is ready for a decision",
-        "blocks": [_section(text) for text in texts],
+        "blocks": [section(text) for text in texts],
     }
 
 
@@ -361,7 +376,7 @@ def _waited(seconds: float) -> str:
 def reminder_reply(view: TaskView, waited: float, mention: str, *, escalation: bool) -> Payload:
     """A nudge in the thread about a round nobody decided; `mention` is built by the bot
     (user and group mentions of its own settings), the rest of the text is escaped."""
-    name = clip(_name(view), 500)
+    name = clip(name_of(view), 500)
     if escalation:
         text = (
             f"🚨 *{name}* (round {view.round}) has waited {_waited(waited)} for a decision."
@@ -374,17 +389,17 @@ def reminder_reply(view: TaskView, waited: float, mention: str, *, escalation: b
             f" {mention}: the demo is above."
         )
         fallback = f"Reminder: round {view.round} has waited {_waited(waited)}"
-    return {"text": fallback, "blocks": [_section(text)]}
+    return {"text": fallback, "blocks": [section(text)]}
 
 
 def upload_failed_reply(round_: int, error: str) -> Payload:
     error = clip(escape(error), 1000)
     text = f"⚠️ Could not copy the round {round_} video into Slack: {error}. Use the link."
-    return {"text": text, "blocks": [_section(text)]}
+    return {"text": text, "blocks": [section(text)]}
 
 
 def decision_reply(decision: Decision) -> Payload:
-    line = _decision_line(decision)
+    line = decision_line(decision)
     text = {
         "AGREE": f"Round {decision.round} approved",
         "REJECT": f"Round {decision.round} rejected",
@@ -392,18 +407,18 @@ def decision_reply(decision: Decision) -> Payload:
     }[decision.operate]
     if decision.request_id:
         line += f"\n_RequestID {clip(escape(decision.request_id), 200)}_"
-    return {"text": text, "blocks": [_section(line)]}
+    return {"text": text, "blocks": [section(line)]}
 
 
 def ending_reply(view: TaskView) -> Payload:
     if view.phase == Phase.SUCCEEDED:
         body = "🎉 Complete." + (f"\n{_assets(view, SECTION_MAX - 20)}" if view.assets else "")
-        return {"text": f"{_task(view.task_id)} complete", "blocks": [_section(body)]}
+        return {"text": f"{task_code(view.task_id)} complete", "blocks": [section(body)]}
     body = f"❌ Failed: {_fail_message(view)}"
-    return {"text": f"{_task(view.task_id)} failed", "blocks": [_section(body)]}
+    return {"text": f"{task_code(view.task_id)} failed", "blocks": [section(body)]}
 
 
-def _task(task_id: str) -> str:
+def task_code(task_id: str) -> str:
     """A task id in a text: escaped, and as code so that nothing in it formats."""
     return f"`{escape(task_id)}`"
 
@@ -450,20 +465,30 @@ def _timecode_input() -> Payload:
 
 
 def reject_modal(
-    task_id: str, round_: int, title: str | None, categories: Sequence[str] = ()
+    task_id: str,
+    round_: int,
+    title: str | None,
+    categories: Sequence[str] = (),
+    *,
+    origin: str = "channel",
 ) -> Payload:
-    """The Reject form: a category and a timecode (when categories are given) and the reason."""
+    """The Reject form: a category and a timecode (when categories are given) and the reason.
+    `origin` ("channel" or "home"): where its answers go once submitted."""
     name = clip(escape(title) if title else f"Task {escape(task_id)}", 1000)
     structured = [_category_input(categories), _timecode_input()] if categories else []
+    fields: Payload = {"task": task_id, "round": round_}
+    if origin != "channel":
+        fields["from"] = origin
+    metadata = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
     return {
         "type": "modal",
         "callback_id": REJECT_VIEW,
-        "private_metadata": button_value(task_id, round_),
+        "private_metadata": metadata,
         "title": {"type": "plain_text", "text": "Reject demo"},
         "submit": {"type": "plain_text", "text": "Reject"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            _section(f"*{name}*, round {round_}\nThe task goes back for another round."),
+            section(f"*{name}*, round {round_}\nThe task goes back for another round."),
             *structured,
             {
                 "type": "input",
@@ -498,17 +523,17 @@ class Where(NamedTuple):
 
 def _to_requester(view: TaskView, line: str, fallback: str, where: Where) -> Payload:
     """A DM about the task: what happened, and a link to its thread (or its channel)."""
-    heading = f"*{clip(_name(view), 400)}* {_task(view.task_id)}"
+    heading = f"*{clip(name_of(view), 400)}* {task_code(view.task_id)}"
     permalink, channel = where
     if permalink:
-        link = _link(permalink, "Open the thread")
+        thread = link(permalink, "Open the thread")
     elif channel and is_channel_id(channel):
-        link = f"The thread is in <#{channel}>."
+        thread = f"The thread is in <#{channel}>."
     else:
-        link = ""
-    body = "\n".join(part for part in (heading, line, link) if part)
+        thread = ""
+    body = "\n".join(part for part in (heading, line, thread) if part)
     name = clip(escape(view.title) if view.title else f"task {escape(view.task_id)}", 400)
-    return {"text": f"{name}: {fallback}", "blocks": [_section(body)]}
+    return {"text": f"{name}: {fallback}", "blocks": [section(body)]}
 
 
 def requester_ready(view: TaskView, where: Where) -> Payload:
@@ -522,7 +547,7 @@ def requester_decided(view: TaskView, decision: Decision, where: Where) -> Paylo
         "REJECT": f"round {decision.round} rejected",
         None: f"round {decision.round} decided outside Slack",
     }[decision.operate]
-    line = f"Round {decision.round}: {_decision_line(decision)}"
+    line = f"Round {decision.round}: {decision_line(decision)}"
     return _to_requester(view, line, fallback, where)
 
 
@@ -534,13 +559,13 @@ def requester_ended(view: TaskView, where: Where) -> Payload:
 
 def unknown_task_notice(task_id: str, tracked_by: str, error: str) -> Payload:
     text = (
-        f"⚠️ Tencent IVH does not know task {_task(task_id)} (tracked by {who(tracked_by)}):"
+        f"⚠️ Tencent IVH does not know task {task_code(task_id)} (tracked by {who(tracked_by)}):"
         f" {clip(escape(error), 1000)}. I stopped watching it; check the id and track it again."
     )
-    return {"text": f"IVH does not know task {_task(task_id)}", "blocks": [_section(text)]}
+    return {"text": f"IVH does not know task {task_code(task_id)}", "blocks": [section(text)]}
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     return _waited(max(0.0, seconds))
 
 
@@ -554,11 +579,11 @@ def pending_text(
     lines = []
     for view, ready, permalink in waiting:
         line = (
-            f"• *{clip(_name(view), 200)}* {_task(view.task_id)} · round {view.round}"
-            f" · waiting {_age(now - ready)}"
+            f"• *{clip(name_of(view), 200)}* {task_code(view.task_id)} · round {view.round}"
+            f" · waiting {age(now - ready)}"
         )
         if permalink:
-            line += f" · {_link(permalink, 'Open the thread')}"
+            line += f" · {link(permalink, 'Open the thread')}"
         lines.append(line)
     header = f"*Waiting for a decision* ({len(waiting)}, oldest first)"
     if refusal:
@@ -573,15 +598,15 @@ def _more_waiting(count: int) -> str:
 
 def history_text(view: TaskView, demos: dict[int, list[str]], events: list[Payload]) -> str:
     """`/ivh history TASK`: every round, its demo links, its decision, Tencent's answers."""
-    lines = [f"*{clip(_name(view), 200)}* {_task(view.task_id)}"]
+    lines = [f"*{clip(name_of(view), 200)}* {task_code(view.task_id)}"]
     decided = {d.round: d for d in view.decisions}
     for round_ in sorted(set(demos) | set(decided) | ({view.round} if view.round else set())):
         urls = demos.get(round_, [])[:DEMO_LINKS_MAX]
-        links = " · ".join(_link(url, f"demo {i}") for i, url in enumerate(urls, 1))
+        links = " · ".join(link(url, f"demo {i}") for i, url in enumerate(urls, 1))
         lines.append(f"*Round {round_}* {links or '(no demo link kept)'}")
         decision = decided.get(round_)
         if decision is not None:
-            said = _decision_line(decision).replace("\n>", " — ")
+            said = decision_line(decision).replace("\n>", " — ")
             if decision.request_id:
                 said += f" (RequestID {clip(escape(decision.request_id), 100)})"
             lines.append(said)
@@ -615,7 +640,7 @@ def help_text() -> str:
 
 
 def status_text(view: TaskView, permalink: str | None) -> str:
-    line = f"*{_name(view)}* {_task(view.task_id)}: {fallback_text(view)}"
+    line = f"*{name_of(view)}* {task_code(view.task_id)}: {fallback_text(view)}"
     if permalink:
-        line += f"\n{_link(permalink, 'Open the thread')}"
+        line += f"\n{link(permalink, 'Open the thread')}"
     return line

@@ -399,3 +399,20 @@ class Loaded(NamedTuple):
 
     record: TaskRecord
     view: TaskView
+
+
+class Waiting(NamedTuple):
+    """A round waiting for a decision, as the queue shows it."""
+
+    view: TaskView
+    ready: float  # when its demo was first seen ready
+    permalink: str | None  # the task's thread, once posted
+
+
+class Decided(NamedTuple):
+    """A decision as "Recently decided" shows it, with its task's name and thread."""
+
+    task_id: str
+    title: str | None
+    permalink: str | None
+    decision: Decision

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
@@ -18,6 +19,7 @@ from redis.typing import EncodableT, FieldT
 
 from bot.model import (
     Claim,
+    Decided,
     Decision,
     Event,
     EventType,
@@ -27,8 +29,11 @@ from bot.model import (
     TaskState,
     Upload,
     Votes,
+    Waiting,
 )
 from bot.state import view_of
+
+log = logging.getLogger(__name__)
 
 # What the store raises when Redis does not answer: callers above it (the Slack listeners)
 # name this, not the Redis client's own exception.
@@ -45,6 +50,14 @@ REMINDERS = PREFIX + "reminders"
 PENDING = PREFIX + "pending"  # rounds waiting for a decision, by when their demo was ready
 ESCALATIONS = PREFIX + "escalations"
 SCHEDULE = PREFIX + "schedule"  # sorted set: task id -> when it is next due for a poll
+DECIDED = PREFIX + "decided"  # list, newest first: the last RECENT_MAX decisions (App Home)
+RECENT_MAX = 20
+# The App Home: who opened it when (sorted set), a counter bumped by every change it shows,
+# and the counter's value it was last refreshed for.
+HOME_VIEWERS = PREFIX + "home:viewers"
+HOME_CHANGED = PREFIX + "home:changed"
+HOME_SHOWN = PREFIX + "home:shown"
+HOME_VIEWERS_KEPT = 1000  # the most recent viewers remembered
 EVENTS_MAXLEN = 100_000
 HISTORY_MAX = 500  # entries kept per task; the oldest go first
 RETENTION = 30 * 24 * 3600  # a finished or unknown task's keys live this long after it ends
@@ -107,6 +120,11 @@ def claim_key(task_id: str, round_: int) -> str:
 
 def steps_key(entry_id: str) -> str:
     return f"{PREFIX}steps:{entry_id}"  # which steps of handling one event are done
+
+
+def home_notice_key(user: str) -> str:
+    """The answer to `user`'s last click on the App Home, shown at its top for a while."""
+    return f"{PREFIX}home:notice:{user}"
 
 
 def replies_key(task_id: str) -> str:
@@ -215,6 +233,7 @@ for _, left in ipairs(new.left) do
   redis.call('ZREM', KEYS[8], left)
   redis.call('ZREM', KEYS[9], left)
 end
+if #new.waiting > 0 or #new.left > 0 then redis.call('INCR', KEYS[11]) end
 redis.call('LTRIM', KEYS[3], -HISTORY_MAX, -1)
 return 1
 """.replace("HISTORY_MAX", str(HISTORY_MAX))
@@ -232,8 +251,11 @@ redis.call('XADD', KEYS[3], 'MINID', ARGV[5], '*', 'kind', 'decision',
 redis.call('ZREM', KEYS[5], ARGV[6])
 redis.call('ZREM', KEYS[6], ARGV[6])
 redis.call('ZREM', KEYS[7], ARGV[6])
+redis.call('LPUSH', KEYS[8], ARGV[7])
+redis.call('LTRIM', KEYS[8], 0, RECENT_MAX - 1)
+redis.call('INCR', KEYS[9])
 return ready
-""".replace("HISTORY_MAX", str(HISTORY_MAX))
+""".replace("HISTORY_MAX", str(HISTORY_MAX)).replace("RECENT_MAX", str(RECENT_MAX))
 
 # Take the rounds due in a reminders set: each one moved on to ARGV[3] (or removed when it is
 # empty) in the same step, so that one replica, and only one, reminds of it this time.
@@ -279,6 +301,7 @@ end
 table.insert(users, ARGV[2])
 local votes = cjson.encode({users = users, required = tonumber(ARGV[3])})
 redis.call('HSET', KEYS[1], ARGV[1], votes)
+redis.call('INCR', KEYS[2])
 return {#users, 1, votes}
 """
 
@@ -371,6 +394,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.hdel(task_key(task_id), "posting_since")
+            pipe.incr(HOME_CHANGED)  # the App Home links to the thread now
             await pipe.execute()
 
     async def mark_posting(self, task_id: str, since: float) -> None:
@@ -417,6 +441,8 @@ class Store:
                 PENDING,
                 REMINDERS,
                 ESCALATIONS,
+                DECIDED,
+                HOME_CHANGED,
             ],
             args=[
                 str(decision.round),
@@ -425,6 +451,7 @@ class Store:
                 task_id,
                 self._audit_minid(time.time()),
                 _waiting_member(task_id, decision.round),
+                json.dumps({"task_id": task_id, "decision": decision.model_dump()}),
             ],
         )
         if ready is None:
@@ -483,6 +510,73 @@ class Store:
             rounds.append((str(task_id), int(round_), float(score)))
         return rounds
 
+    async def waiting(self, limit: int) -> list[Waiting]:
+        """The rounds waiting for a decision, oldest demo first, each read in one round trip
+        (one for all); a round whose task moved on since is left out."""
+        rounds = await self.pending(limit)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, _round, _ready in rounds:
+                _read_view(pipe, task_id)
+            replies = await pipe.execute()
+        found = []
+        for index, (_task_id, round_, ready) in enumerate(rounds):
+            loaded = _view_from(replies[index * VIEW_READS : (index + 1) * VIEW_READS])
+            if loaded is not None and loaded.view.round == round_:
+                found.append(Waiting(loaded.view, ready, loaded.record.slack_permalink))
+        return found
+
+    async def waiting_count(self) -> int:
+        return int(await self.redis.zcard(PENDING))
+
+    async def recent_decisions(self, limit: int = RECENT_MAX) -> list[Decided]:
+        """The last decisions, newest first, with their tasks' titles and threads."""
+        raws: list[Any] = list(await self.redis.lrange(DECIDED, 0, limit - 1))
+        entries = []
+        for raw in raws:
+            try:
+                entry = json.loads(_text(raw))
+                entries.append((str(entry["task_id"]), Decision.model_validate(entry["decision"])))
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping a malformed entry in %s", DECIDED)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, _ in entries:
+                pipe.hmget(task_key(task_id), ["title", "slack_permalink"])
+            details = await pipe.execute()
+        return [
+            Decided(task_id, _text(title) if title else None, _text(link) if link else None, d)
+            for (task_id, d), (title, link) in zip(entries, details, strict=True)
+        ]
+
+    # --- the App Home ----------------------------------------------------------------------
+
+    async def home_opened(self, user: str, at: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(HOME_VIEWERS, {user: at})
+            pipe.zremrangebyrank(HOME_VIEWERS, 0, -HOME_VIEWERS_KEPT - 1)
+            await pipe.execute()
+
+    async def home_viewers(self, since: float, limit: int) -> list[str]:
+        """Who opened the App Home since `since`, the most recent first, at most `limit`."""
+        users: list[Any] = list(
+            await self.redis.zrevrangebyscore(HOME_VIEWERS, "+inf", since, start=0, num=limit)
+        )
+        return [_text(user) for user in users]
+
+    async def home_changes(self) -> tuple[int, int]:
+        """The App Home's change counter, and its value at the last refresh."""
+        changed, shown = await self.redis.mget([HOME_CHANGED, HOME_SHOWN])
+        return int(changed or 0), int(shown or 0)
+
+    async def home_refreshed(self, version: int) -> None:
+        await self.redis.set(HOME_SHOWN, version)
+
+    async def set_home_notice(self, user: str, text: str, ttl: float) -> None:
+        await self.redis.set(home_notice_key(user), text, px=int(ttl * 1000))
+
+    async def home_notice(self, user: str) -> str | None:
+        raw = await self.redis.get(home_notice_key(user))
+        return _text(raw) if raw else None
+
     async def ready_at(self, task_id: str, round_: int) -> float | None:
         """When the round's demo was first seen ready."""
         raw = await self.redis.hget(ready_key(task_id), str(round_))
@@ -508,7 +602,7 @@ class Store:
         """Add `user`'s approval of a round (once); the approvals so far, and whether this one
         was new. Atomic across replicas: each count is seen by exactly one approval."""
         _, added, raw = await self._vote(
-            keys=[votes_key(task_id)], args=[str(round_), user, str(required)]
+            keys=[votes_key(task_id), HOME_CHANGED], args=[str(round_), user, str(required)]
         )
         return Votes.model_validate_json(raw), bool(added)
 
@@ -725,6 +819,7 @@ class Store:
                 REMINDERS,
                 ESCALATIONS,
                 PENDING,
+                HOME_CHANGED,
             ],
             args=[expected, json.dumps(new)],
         )
@@ -823,6 +918,9 @@ def _text(value: bytes | str) -> str:
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+VIEW_READS = 5  # the replies _read_view queues for one task
 
 
 def _read_view(pipe: Pipeline, task_id: str) -> None:

@@ -8,6 +8,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.approvers import Approvers
 from bot.decisions import Decider
+from bot.home import Home
 from bot.store import Store
 from handlers import actions, commands, events, views
 from handlers.handoff import Handoff
@@ -21,8 +22,9 @@ def register(
     approvers: Approvers,
     on_track: Callable[[], None],
     handoff: Handoff,
+    home: Home,
 ) -> None:
-    events.register(app, approvers=approvers)
-    actions.register(app, store=store, decider=decider, handoff=handoff)
-    views.register(app, store=store, decider=decider, handoff=handoff)
+    events.register(app, approvers=approvers, home=home, handoff=handoff)
+    actions.register(app, store=store, decider=decider, handoff=handoff, home=home)
+    views.register(app, store=store, decider=decider, handoff=handoff, home=home)
     commands.register(app, store=store, on_track=on_track, approvers=approvers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import messages
 from bot.decisions import Decider, Notify
+from bot.home import Home, HomeAnswer
 from bot.store import Store
 from handlers.guard import guarded
 from handlers.handoff import Handoff
@@ -42,11 +44,36 @@ def ephemeral(respond: AsyncRespond, client: AsyncWebClient) -> Notify:
     return notify
 
 
+def from_home(body: dict[str, Any]) -> bool:
+    """Whether the click was made on the App Home (a view with no response_url)."""
+    container, view = body.get("container"), body.get("view")
+    return (
+        isinstance(container, dict)
+        and container.get("type") == "view"
+        and isinstance(view, dict)
+        and view.get("type") == "home"
+    )
+
+
 def _button(action: dict[str, Any]) -> tuple[str, int] | None:
     try:
         return messages.parse_button_value(str(action.get("value", "")))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+async def _as_is(work: Awaitable[None]) -> None:
+    await work
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How a click is answered: `notify` tells the clicker; `after` wraps the work done for
+    the click; `origin` ("channel" or "home") goes with the Reject form."""
+
+    notify: Notify
+    after: Callable[[Awaitable[None]], Awaitable[None]]
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,16 @@ def _clicked(
     return Click(target[0], target[1], user, notify)
 
 
-def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff) -> None:
+def register(
+    app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff, home: Home
+) -> None:
+    def answers(body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient) -> Answer:
+        user = user_of(body)
+        if from_home(body) and user is not None:
+            answer = HomeAnswer(home, user)
+            return Answer(answer.notify, answer.after, "home")
+        return Answer(ephemeral(respond, client), _as_is, "channel")
+
     @app.action(messages.APPROVE)
     @guarded
     async def approve(
@@ -87,10 +123,11 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        click = _clicked("approve", body, action, ephemeral(respond, client), handoff)
+        answer = answers(body, respond, client)
+        click = _clicked("approve", body, action, answer.notify, handoff)
         if click is not None:
             decision = decider.decide(click.task_id, click.round, click.user, "AGREE", click.notify)
-            handoff.start(f"approve {click.task_id}", decision, click.notify)
+            handoff.start(f"approve {click.task_id}", answer.after(decision), click.notify)
 
     @app.action(messages.REJECT)
     @guarded
@@ -103,7 +140,8 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
     ) -> None:
         await ack()
         trigger = body.get("trigger_id")
-        notify = ephemeral(respond, client)
+        answer = answers(body, respond, client)
+        notify = answer.notify
         click = _clicked("reject", body, action, notify, handoff, valid=isinstance(trigger, str))
         if click is None or not isinstance(trigger, str):
             return
@@ -122,7 +160,9 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
             record = await store.get(task_id)
             title = record.title if record else None
             try:
-                form = messages.reject_modal(task_id, round_, title, decider.reject_categories)
+                form = messages.reject_modal(
+                    task_id, round_, title, decider.reject_categories, origin=answer.origin
+                )
                 await client.views_open(trigger_id=trigger, view=form)
             except SlackApiError as error:
                 error_code = error.response.get("error")

@@ -12,6 +12,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.decisions import Decider, RejectForm
+from bot.home import Home, HomeAnswer
 from bot.store import Store
 from handlers.guard import guarded
 from handlers.handoff import Handoff
@@ -34,7 +35,9 @@ def _form(values: dict[str, Any]) -> RejectForm:
     return RejectForm(category, text_of(timecode.get("value")), reason)
 
 
-def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff) -> None:
+def register(
+    app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff, home: Home
+) -> None:
     @app.view(messages.REJECT_VIEW)
     @guarded
     async def reject_submitted(
@@ -67,7 +70,7 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
             return
         await ack()
 
-        async def notify(text: str) -> None:
+        async def in_channel(text: str) -> None:
             record = await store.get(task_id)
             if record is None or not record.slack_channel:
                 return
@@ -76,7 +79,13 @@ def register(app: AsyncApp, *, store: Store, decider: Decider, handoff: Handoff)
             except SlackApiError as error:
                 log.warning("ephemeral to %s failed: %s", user, error.response.get("error"))
 
+        # A form opened from the App Home is answered there: the user is not in the channel.
+        answer = None
+        if messages.form_origin(text_of(view["private_metadata"])) == "home":
+            answer = HomeAnswer(home, user)
+        notify = answer.notify if answer is not None else in_channel
         decision = decider.decide(
             task_id, round_, user, "REJECT", notify, reason=form.text, category=form.category
         )
-        handoff.start(f"reject {task_id}", decision, notify)
+        work = answer.after(decision) if answer is not None else decision
+        handoff.start(f"reject {task_id}", work, notify)

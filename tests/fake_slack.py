@@ -141,6 +141,8 @@ class FakeSlack:
         self.users: dict[str, Args] = {}
         self.channels: dict[str, str] = {}  # id -> name
         self.views: dict[str, Args] = {}
+        self.homes: dict[str, Args] = {}  # user id -> the Home tab view published for them
+        self.home_tab_enabled = True  # the manifest's app_home.home_tab_enabled
         self._ids = itertools.count(1)
         self._last_ts = 0  # microseconds; a message's ts is when it was posted, as at Slack
         self._pending_files: dict[str, tuple[str, int]] = {}  # file_id -> (filename, length)
@@ -204,6 +206,15 @@ class FakeSlack:
 
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
+
+    def home_text(self, user: str) -> str:
+        """All the text of `user`'s Home tab as last published ("" when none was)."""
+        return json.dumps(self.homes.get(user, {}).get("blocks", []), ensure_ascii=False)
+
+    def home_buttons(self, user: str) -> list[Args]:
+        """The buttons on `user`'s Home tab, top to bottom."""
+        blocks = self.homes.get(user, {}).get("blocks", [])
+        return [e for b in blocks if b.get("type") == "actions" for e in b["elements"]]
 
     def direct_messages(self, user: str) -> list[Message]:
         """What the bot sent `user` in their direct message with it, oldest first."""
@@ -636,6 +647,20 @@ class FakeSlack:
         hash_ = f"h{view_id}.{next(self._ids)}"
         self.views[view_id] = {**args["view"], "id": view_id, "hash": hash_}
         return {"view": self.views[view_id]}
+
+    def _views_publish(self, args: Args) -> Args:
+        _require(args, "user_id", "view")
+        if not self.home_tab_enabled:
+            raise SlackError("not_enabled")
+        view = args["view"]
+        if not isinstance(view, dict) or view.get("type") != "home":
+            raise SlackError("invalid_arguments")
+        if len(json.dumps(view)) > 250_000:
+            raise SlackError("view_too_large")
+        user = str(args["user_id"])
+        view_id = self.homes.get(user, {}).get("id") or f"V{next(self._ids):08d}"
+        self.homes[user] = {**view, "id": view_id, "hash": f"h{view_id}.{next(self._ids)}"}
+        return {"view": self.homes[user]}
 
     def _files_getUploadURLExternal(self, args: Args) -> Args:
         _require(args, "filename", "length")

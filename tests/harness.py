@@ -93,6 +93,25 @@ def block_actions(
     }
 
 
+def home_opened(team_id: str, user: str, *, tab: str = "home", app_id: str = "A0TEST") -> dict:
+    """The Events API's envelope of `user` opening the app's Home (or Messages) tab."""
+    return {
+        "type": "event_callback",
+        "team_id": team_id,
+        "api_app_id": app_id,
+        "token": "legacy",
+        "event_id": f"Ev{time.monotonic_ns()}",
+        "event_time": int(time.time()),
+        "event": {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": "D" + user[1:],
+            "tab": tab,
+            "event_ts": str(time.time()),
+        },
+    }
+
+
 def view_submission(
     team_id: str, metadata: Any, reason: Any, *, user: str | None, trigger_id: str = "trigger-view"
 ) -> dict[str, Any]:
@@ -176,6 +195,7 @@ def settings_for(sim: RunningSimulator, fake: FakeSlack, redis_url: str, **extra
         "IVH_TIMEOUT": 2,
         "POLL_INTERVAL": 0.05,
         "POLL_SLOW_INTERVAL": 0.05,
+        "HOME_REFRESH_SECONDS": 0.2,
         "REDIS_URL": redis_url,
         "INTAKE_TOKEN": INTAKE,
         # The simulator's demo videos, listed explicitly with the simulator's port.
@@ -252,6 +272,28 @@ class Bot:
         )
         return await self.send(payload, **kw)
 
+    async def open_home(self, user: str = "U0ALICE", *, tab: str = "home"):
+        body = json.dumps(home_opened(self.fake.team_id, user, tab=tab))
+        headers = slack_headers(body, content_type="application/json")
+        return await self.http.post("/slack/events", content=body, headers=headers)
+
+    async def click_home(self, action_id: str, value: str, user: str = "U0ALICE"):
+        """A click on a button of `user`'s App Home: no response_url, the view as container."""
+        self.trigger += 1
+        payload = block_actions(
+            self.fake.team_id,
+            action_id,
+            value,
+            user=user,
+            trigger_id=f"trigger-{self.trigger}",
+            response_url="",
+        )
+        del payload["channel"], payload["response_url"]
+        view_id = self.fake.homes.get(user, {}).get("id", "V0HOME")
+        payload["container"] = {"type": "view", "view_id": view_id}
+        payload["view"] = {"id": view_id, "type": "home", "callback_id": "ivh_home"}
+        return await self.send(payload)
+
     async def submit_reason(self, metadata: str, reason: str | None, user: str = "U0ALICE"):
         return await self.send(view_submission(self.fake.team_id, metadata, reason, user=user))
 
@@ -296,6 +338,7 @@ async def run_bot(
     loops = [
         asyncio.create_task(runtime.poller.run()),
         asyncio.create_task(runtime.slack.publisher.run()),
+        asyncio.create_task(runtime.slack.home.run()),
     ]
     try:
         async with serving(runtime.web_app()) as url, httpx.AsyncClient(base_url=url) as http:

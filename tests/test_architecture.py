@@ -13,7 +13,7 @@ CLIENTS = ("httpx", "aiohttp", "redis", "slack_sdk", "slack_bolt")
 def test_the_model_and_the_message_builders_load_no_client_library() -> None:
     """What renders a message or derives an event can be imported (and tested) alone."""
     probe = (
-        "import sys, bot.model, bot.messages, bot.events, bot.state, bot.config\n"
+        "import sys, bot.model, bot.messages, bot.home_tab, bot.events, bot.state, bot.config\n"
         f"print(','.join(m for m in {CLIENTS!r} if m in sys.modules))"
     )
     loaded = subprocess.run(

@@ -4,6 +4,7 @@ mention, link or entity that the bot did not write itself)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -14,8 +15,17 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.config import MAX_REQUIRED_APPROVALS
+from bot.home_tab import WAITING_SHOWN, Viewer, home_view
 from bot.ivh import REASON_MAX
-from bot.model import CATEGORIES_MAX, CATEGORY_MAX, TASK_ID_MAX, Votes, category_problem
+from bot.model import (
+    CATEGORIES_MAX,
+    CATEGORY_MAX,
+    TASK_ID_MAX,
+    Decided,
+    Votes,
+    Waiting,
+    category_problem,
+)
 from bot.state import Decision, Phase, TaskView, Upload
 
 # Characters that mean something to Slack's mrkdwn, mentions that would ping, and text that
@@ -298,3 +308,44 @@ def test_a_task_history_fits_and_is_inert(view, demos, message) -> None:
     text = messages.history_text(view, demos, events)
     assert len(text) <= messages.TEXT_MAX
     inert(text)
+
+
+WAITING = st.builds(
+    Waiting, view=views(), ready=st.floats(0, 4e9), permalink=st.one_of(st.none(), URLS)
+)
+
+
+@st.composite
+def decided(draw: st.DrawFn) -> Decided:
+    view = draw(views())
+    decision = view.decisions[-1] if view.decisions else Decision(round=1, operate=None, at=0.0)
+    permalink = draw(st.one_of(st.none(), URLS))
+    return Decided(view.task_id, view.title, permalink, decision)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(WAITING, max_size=30),
+    st.lists(decided(), max_size=20),
+    st.one_of(st.none(), st.just("Only approvers can decide (<@U0ANA>, <!subteam^S0OPS>).")),
+    st.one_of(st.none(), st.just("This round is closed: ✅ approved by <@U0BO>.")),
+    USERS,
+    st.booleans(),
+)
+def test_the_app_home_fits_and_is_inert(waiting, recent, refusal, notice, user, own) -> None:
+    viewer = Viewer(user, refusal, prevent_self_approval=own)
+    view = home_view(viewer, waiting, recent, 1.8e9, more=len(waiting), notice=notice)
+    View(**view).to_dict()  # at most 100 blocks, and every block within its limits
+    assert len(json.dumps(view)) < 250_000  # views.publish: view_too_large above 250 kB
+    ids = [block["block_id"] for block in view["blocks"] if "block_id" in block]
+    assert len(ids) == len(set(ids))
+    for block in view["blocks"]:
+        for element in block.get("elements", []):
+            if element.get("type") == "mrkdwn":
+                assert len(element["text"]) <= messages.SECTION_MAX
+    for mrkdwn in texts_in(view):
+        inert(mrkdwn)
+    buttons = [e for b in view["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    rejects = [button for button in buttons if button["action_id"] == messages.REJECT]
+    undecided = [w for w in waiting if not (w.view.votes and user in w.view.votes.users)]
+    assert len(rejects) == (0 if refusal else len(undecided[:WAITING_SHOWN]))
