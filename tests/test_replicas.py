@@ -30,6 +30,7 @@ from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values
 from tests.conftest import RedisProcess, busiest_window, grants_at_redis, wait_for
 from tests.fake_slack import FakeSlack, Message
+from tests.harness import home_opened, slack_headers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -717,3 +718,45 @@ async def test_the_requester_is_told_each_step_once_by_three_replicas(cluster: M
     assert "ready for a decision" in ready
     assert "Approved by <@U0ANA>" in decided
     assert "Complete" in ended
+
+
+async def test_homes_opened_on_two_replicas_follow_changes_made_on_a_third(cluster: MakeCluster):
+    """Rule: the App Home of a recent viewer is published when opened and again when what it
+    shows changes, whichever replica the open and the change reached (README "The App Home").
+    Counted, not timed: a viewer gets at most one publish per bump of the change counter,
+    plus one per open. That bound also held with the refresh lock taken out (the processes
+    rarely look at the same instant): test_app_home's replicas test, which makes them look at
+    once, is the one that catches a missing lock."""
+    c = await cluster(3, HOME_REFRESH_SECONDS="0.3")
+    viewers = ["U0ONE", "U0TWO"]
+    for n, user in enumerate(viewers):
+        body = json.dumps(home_opened(c.fake.team_id, user))
+        headers = slack_headers(body, content_type="application/json")
+        answer = await c.http.post(
+            f"{c.replicas[n].url}/slack/events", content=body, headers=headers
+        )
+        assert answer.status_code == 200
+
+    def published(user: str) -> list[dict]:
+        calls = c.fake.calls_to("views.publish")
+        return [call.args["view"] for call in calls if call.args.get("user_id") == user]
+
+    def shows(words: str) -> Callable[[], bool]:
+        return lambda: all(published(u) and words in json.dumps(published(u)[-1]) for u in viewers)
+
+    await wait_for(shows("Nothing waits for you"), 15, "the Homes published on open")
+    task = c.sim.sim.create_task(deliver_seconds=3600)
+    await c.track(task.task_id, title="Hana, avatar")
+    record = await c.wait_posted(task.task_id)
+    await wait_for(shows("Hana, avatar"), 15, "the new round on both Homes", detail=c.tails)
+    await c.click(2, "approve", button_values(c.parent_of(record))["approve"], "U0ANA")
+    await wait_for(shows("Approved by <@U0ANA>"), 15, "the decision on both Homes", detail=c.tails)
+
+    async def settled() -> bool:
+        changed, shown = await c.store.home_changes()
+        return changed == shown and not await c.redis.exists(lock_key("home-refresh"))
+
+    await wait_for(settled, 15, "the last refresh done")
+    changed, _ = await c.store.home_changes()
+    for user in viewers:
+        assert 3 <= len(published(user)) <= changed + 1, (user, len(published(user)), changed)
