@@ -26,6 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.aio import stop_if_cancelled
 from bot.approvers import Approvers
 from bot.home_tab import WAITING_SHOWN, Viewer, home_view
+from bot.messages import slack_date
 from bot.model import Decided, Waiting
 from bot.slack import slack_error
 from bot.store import RECENT_MAX, Store
@@ -78,8 +79,10 @@ class Home:
         await self.publish(user)
 
     async def tell(self, user: str, text: str) -> None:
-        """Answer a click made on the Home (it has no response_url): at the Home's top."""
-        await self._store.set_home_notice(user, text, NOTICE_TTL)
+        """Answer a click made on the Home (it has no response_url): at the Home's top, for
+        NOTICE_TTL, saying when."""
+        told = f"{text}\n_Answer to your click, {slack_date(self._clock())}_"
+        await self._store.set_home_notice(user, told, NOTICE_TTL)
         await self.publish(user)
 
     async def publish(self, user: str, shown: Shown | None = None) -> bool:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from bot.model import REASON_MAX, Decision, Phase, TaskView, is_channel_id
+from bot.model import REASON_MAX, Decision, Phase, TaskView, Waiting, is_channel_id
 
 APPROVE = "approve"
 REJECT = "reject"
@@ -569,9 +569,7 @@ def age(seconds: float) -> str:
     return _waited(max(0.0, seconds))
 
 
-def pending_text(
-    waiting: list[tuple[TaskView, float, str | None]], now: float, refusal: str | None
-) -> str:
+def pending_text(waiting: Sequence[Waiting], now: float, refusal: str | None) -> str:
     """`/ivh pending`: rounds waiting for a decision, oldest first (view, ready at, thread).
     `refusal` is the bot's own sentence (with its approvers' mentions), shown as it is."""
     if not waiting:

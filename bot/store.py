@@ -24,6 +24,7 @@ from bot.model import (
     Event,
     EventType,
     Loaded,
+    Phase,
     Snapshot,
     TaskRecord,
     TaskState,
@@ -521,7 +522,7 @@ class Store:
         found = []
         for index, (_task_id, round_, ready) in enumerate(rounds):
             loaded = _view_from(replies[index * VIEW_READS : (index + 1) * VIEW_READS])
-            if loaded is not None and loaded.view.round == round_:
+            if loaded and loaded.view.round == round_ and loaded.view.phase == Phase.PENDING:
                 found.append(Waiting(loaded.view, ready, loaded.record.slack_permalink))
         return found
 

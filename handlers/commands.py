@@ -98,15 +98,11 @@ async def _status(store: Store, task_id: str) -> str:
 
 
 QUICK = 1.0  # seconds the approver check may take within the ack
-PENDING_SHOWN = 25  # rounds read for /ivh pending: one round trip each, within the ack
+PENDING_SHOWN = 25  # rounds read for /ivh pending (in one round trip), within the ack
 
 
 async def _pending(store: Store, approvers: Approvers, user: str) -> str:
-    waiting = []
-    for task_id, _round, ready in await store.pending(PENDING_SHOWN):
-        loaded = await store.view(task_id)
-        if loaded is not None:
-            waiting.append((loaded.view, ready, loaded.record.slack_permalink))
+    waiting = await store.waiting(PENDING_SHOWN)
     refusal = None
     try:
         async with asyncio.timeout(QUICK):  # the member list may be read from Slack

@@ -291,7 +291,8 @@ def test_a_title_that_pings_everyone_pings_nobody() -> None:
 @given(st.lists(views(), max_size=6), st.floats(0, 4e9), st.one_of(st.none(), st.just("x")))
 def test_the_pending_queue_fits_and_is_inert(found, now, refusal) -> None:
     waiting = [
-        (view, view.tracked_at, "https://ivh-test.slack.com/archives/C0/p1") for view in found
+        Waiting(view, view.tracked_at, "https://ivh-test.slack.com/archives/C0/p1")
+        for view in found
     ]
     text = messages.pending_text(waiting, now, refusal)
     assert len(text) <= messages.TEXT_MAX
