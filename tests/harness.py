@@ -66,11 +66,23 @@ def block_actions(
     *,
     user: str,
     trigger_id: str,
-    response_url: str,
+    response_url: str | None,
     channel: str = CHANNEL,
     app_id: str = "A0TEST",
+    home_view: str | None = None,
 ) -> dict[str, Any]:
-    """A click on one of the decision buttons of a message in `channel`."""
+    """A click on one of the decision buttons of a message in `channel`; with `home_view` (a
+    view id), on the clicker's App Home instead: no channel and no response_url then."""
+    where: dict[str, Any] = {
+        "channel": {"id": channel},
+        "container": {"type": "message", "channel_id": channel},
+        "response_url": response_url,
+    }
+    if home_view is not None:
+        where = {
+            "container": {"type": "view", "view_id": home_view},
+            "view": {"id": home_view, "type": "home", "callback_id": "ivh_home"},
+        }
     return {
         "type": "block_actions",
         "team": {"id": team_id},
@@ -78,9 +90,7 @@ def block_actions(
         "api_app_id": app_id,
         "token": "legacy",
         "trigger_id": trigger_id,
-        "channel": {"id": channel},
-        "container": {"type": "message", "channel_id": channel},
-        "response_url": response_url,
+        **where,
         "actions": [
             {
                 "type": "button",
@@ -260,15 +270,20 @@ class Bot:
         headers = kw.pop("headers", None) or slack_headers(body, **kw)
         return await self.http.post("/slack/events", content=body, headers=headers)
 
-    async def click(self, action_id: str, value: str, user: str = "U0ALICE", **kw: Any):
+    async def click(
+        self, action_id: str, value: str, user: str = "U0ALICE", *, home: bool = False, **kw: Any
+    ):
+        """A click in the channel, or with `home` on the clicker's App Home."""
         self.trigger += 1
+        home_view = self.fake.homes.get(user, {}).get("id", "V0HOME") if home else None
         payload = block_actions(
             self.fake.team_id,
             action_id,
             value,
             user=user,
             trigger_id=f"trigger-{self.trigger}",
-            response_url=self.fake.response_url(f"{user}-{self.trigger}"),
+            response_url=None if home else self.fake.response_url(f"{user}-{self.trigger}"),
+            home_view=home_view,
         )
         return await self.send(payload, **kw)
 
@@ -276,23 +291,6 @@ class Bot:
         body = json.dumps(home_opened(self.fake.team_id, user, tab=tab))
         headers = slack_headers(body, content_type="application/json")
         return await self.http.post("/slack/events", content=body, headers=headers)
-
-    async def click_home(self, action_id: str, value: str, user: str = "U0ALICE"):
-        """A click on a button of `user`'s App Home: no response_url, the view as container."""
-        self.trigger += 1
-        payload = block_actions(
-            self.fake.team_id,
-            action_id,
-            value,
-            user=user,
-            trigger_id=f"trigger-{self.trigger}",
-            response_url="",
-        )
-        del payload["channel"], payload["response_url"]
-        view_id = self.fake.homes.get(user, {}).get("id", "V0HOME")
-        payload["container"] = {"type": "view", "view_id": view_id}
-        payload["view"] = {"id": view_id, "type": "home", "callback_id": "ivh_home"}
-        return await self.send(payload)
 
     async def submit_reason(self, metadata: str, reason: str | None, user: str = "U0ALICE"):
         return await self.send(view_submission(self.fake.team_id, metadata, reason, user=user))

@@ -65,7 +65,7 @@ async def test_the_home_lists_the_rounds_waiting_oldest_first_and_approve_works(
     assert len(ids) == 2 == len(set(ids))
 
     # Approve from the Home: no response_url; the round moves to "Recently decided".
-    await bot.click_home("approve", home_button(bot, "U0ANA", "approve", first), user="U0ANA")
+    await bot.click("approve", home_button(bot, "U0ANA", "approve", first), "U0ANA", home=True)
     await bot.until(lambda: _succeeded(bot, first))
     [agree] = await sim_operations(bot, first)
     assert agree["operate"] == "AGREE"
@@ -77,7 +77,7 @@ async def test_the_home_lists_the_rounds_waiting_oldest_first_and_approve_works(
 async def test_reject_from_the_home_opens_the_form_and_answers_on_the_home(bot: Bot):
     task_id = await waiting_task(bot, "Cy, voice")
     await open_home(bot, "U0BO")
-    await bot.click_home("reject", home_button(bot, "U0BO", "reject", task_id), user="U0BO")
+    await bot.click("reject", home_button(bot, "U0BO", "reject", task_id), "U0BO", home=True)
     [call] = await bot.fake.wait_for("views.open")
     view = call.args["view"]
     view = json.loads(view) if isinstance(view, str) else view
@@ -89,7 +89,7 @@ async def test_reject_from_the_home_opens_the_form_and_answers_on_the_home(bot: 
     assert reject["operate"] == "REJECT"
 
     # A refusal made on the Home is told on the Home, not in a channel the user is not in.
-    await bot.click_home("approve", messages.button_value(task_id, 1), user="U0BO")
+    await bot.click("approve", messages.button_value(task_id, 1), "U0BO", home=True)
     refusals = ("This round is closed", "This button belongs to round 1", "not waiting")
     await bot.until(lambda: any(shows(bot, "U0BO", words) for words in refusals))
     assert not bot.fake.ephemeral
@@ -122,7 +122,9 @@ async def test_with_a_quorum_a_round_i_approved_waits_for_others_not_for_me(sim,
         task_id = await waiting_task(bot, "Eli, avatar")
         await open_home(bot, "U0ANA")
         assert shows(bot, "U0ANA", "Needs 2 approvals.")
-        await bot.click_home("approve", home_button(bot, "U0ANA", "approve", task_id), "U0ANA")
+        await bot.click(
+            "approve", home_button(bot, "U0ANA", "approve", task_id), "U0ANA", home=True
+        )
         await bot.until(lambda: shows(bot, "U0ANA", "counted: 1 of 2", "Waiting for you (0)"))
         assert shows(bot, "U0ANA", "You approved 1 more round")
         await open_home(bot, "U0BO")
