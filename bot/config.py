@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     QUIET_HOURS: str | None = None
     REMIND_TZ: str = "UTC"
     # The App Home's refresh for its recent viewers, at most this often (views.publish: Tier 4).
-    HOME_REFRESH_SECONDS: float = Field(default=15.0, gt=0, le=3600)
+    HOME_REFRESH_SECONDS: float = Field(default=30.0, gt=0, le=3600)
 
     INTAKE_TOKEN: SecretStr | None = None
     PORT: int = Field(default=3000, ge=1, le=65_535)

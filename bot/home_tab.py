@@ -78,11 +78,10 @@ def _approved_by(viewer: Viewer, item: Waiting) -> bool:
 
 
 def _decided_block(item: Decided) -> Payload:
+    """The task, its thread, then the decision: a long reason is what gets cut."""
     decision = item.decision
-    text = (
-        f"{_heading(item.task_id, item.title, decision.round)}\n"
-        f"{decision_line(decision)}\n{_thread(item.permalink)}"
-    )
+    heading = _heading(item.task_id, item.title, decision.round)
+    text = f"{heading} · {_thread(item.permalink)}\n{decision_line(decision)}"
     return section(clip(text, RECENT_TEXT_MAX))
 
 
@@ -129,3 +128,18 @@ def home_view(
     blocks.extend(_decided_block(item) for item in recent)
     blocks.append(context(f"Updated {slack_date(now)}; fresh each time you open this tab."))
     return {"type": "home", "callback_id": HOME_CALLBACK, "blocks": blocks}
+
+
+def unavailable_view(notice: str, now: float) -> Payload:
+    """The Home while the bot's storage does not answer: the answer to the click, and why
+    the queue is not shown."""
+    text = "⚠️ The queue cannot be read now (the bot's storage does not answer)."
+    return {
+        "type": "home",
+        "callback_id": HOME_CALLBACK,
+        "blocks": [
+            section(clip(notice, NOTICE_MAX)),
+            section(f"{text} Open this tab again in a minute."),
+            context(f"Updated {slack_date(now)}."),
+        ],
+    }

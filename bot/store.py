@@ -410,7 +410,10 @@ class Store:
             await pipe.execute()
 
     async def clear_slack_message(self, task_id: str) -> None:
-        await self.redis.hdel(task_key(task_id), "slack_channel", "slack_ts", "slack_permalink")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(task_key(task_id), "slack_channel", "slack_ts", "slack_permalink")
+            pipe.incr(HOME_CHANGED)  # the App Home's link to the thread is gone
+            await pipe.execute()
 
     # --- the Slack side: decisions, uploads, demos, claims ------------------------------
 
@@ -573,6 +576,12 @@ class Store:
 
     async def set_home_notice(self, user: str, text: str, ttl: float) -> None:
         await self.redis.set(home_notice_key(user), text, px=int(ttl * 1000))
+
+    async def clear_home_notice(self, user: str) -> None:
+        await self.redis.delete(home_notice_key(user))
+
+    async def home_changed(self) -> None:
+        await self.redis.incr(HOME_CHANGED)
 
     async def home_notice(self, user: str) -> str | None:
         raw = await self.redis.get(home_notice_key(user))

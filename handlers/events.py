@@ -8,6 +8,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 
 from bot.approvers import Approvers
+from bot.decisions import Notify
 from bot.home import Home
 from handlers.handoff import Handoff
 from handlers.untrusted import user_of
@@ -19,6 +20,8 @@ def register(app: AsyncApp, *, approvers: Approvers, home: Home, handoff: Handof
     @app.event("subteam_members_changed")
     async def members_changed(event: dict[str, Any]) -> None:
         approvers.forget(str(event.get("subteam_id", "")))
+        # Who may decide changed: the Homes' buttons follow (read-only or not).
+        handoff.start("home: approvers changed", home.changed(), _nobody("approvers changed"))
 
     @app.event("app_home_opened")
     async def home_opened(event: dict[str, Any]) -> None:
@@ -27,9 +30,15 @@ def register(app: AsyncApp, *, approvers: Approvers, home: Home, handoff: Handof
         if event.get("tab") != "home" or user is None:
             return
 
-        async def nobody(text: str) -> None:  # an event has nobody to answer: logged only
-            log.warning("App Home of %s: %s", user, text)
-
         # After the ack (bolt acks an event when its listener returns): Slack sends an event
         # again when its ack takes more than 3 seconds.
-        handoff.start(f"home {user}", home.opened(user), nobody)
+        handoff.start(f"home {user}", home.opened(user), _nobody(f"App Home of {user}"))
+
+
+def _nobody(what: str) -> Notify:
+    """An event has nobody to answer: what would be said is logged."""
+
+    async def log_it(text: str) -> None:
+        log.warning("%s: %s", what, text)
+
+    return log_it

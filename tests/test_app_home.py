@@ -13,8 +13,9 @@ from bot.home import Home
 from bot.home_tab import Viewer, home_view
 from bot.model import Decided, Decision, Phase, TaskView, Votes, Waiting
 from bot.store import HOME_CHANGED
+from tests.conftest import RedisProcess
 from tests.fake_slack import FakeSlack
-from tests.harness import Bot, run_bot
+from tests.harness import Bot, home_opened, run_bot, slack_headers
 from tests.test_slack_flow import _succeeded, button_values, sim_operations
 
 
@@ -173,6 +174,11 @@ async def test_one_refresh_per_change_however_many_replicas_look(bot: Bot):
     }
 
 
+async def settled(bot: Bot) -> bool:
+    """Every change so far is on the recent viewers' Homes, and no refresh is under way."""
+    return await _refreshed(bot) and await _lock_free(bot)
+
+
 async def _refreshed(bot: Bot) -> bool:
     changed, shown = await bot.store.home_changes()
     return changed == shown
@@ -188,10 +194,89 @@ async def test_a_home_slack_will_not_take_is_logged_and_holds_nothing_up(bot: Bo
     bot.fake.home_tab_enabled = False
     answer = await bot.open_home("U0ANA")
     assert answer.status_code == 200
-    await bot.fake.wait_for("views.publish")
-    await bot.until(lambda: "not_enabled" in caplog.text)
-    task_id = await waiting_task(bot, "Gus, avatar")  # the rest goes on
-    assert task_id
+    await bot.until(lambda: "App Home of U0ANA not published: not_enabled" in caplog.text)
+    bot.fake.home_tab_enabled = True  # the app's manifest updated: the next change shows
+    await waiting_task(bot, "Gus, avatar")
+    await bot.until(lambda: shows(bot, "U0ANA", "Gus, avatar"))
+
+
+async def test_an_open_home_follows_a_rejection_into_round_two(bot: Bot):
+    """Round 2 is posted in the thread of round 1: only the round's start tells the Home."""
+    task = bot.sim.sim.create_task(audit_seconds=3600, train_seconds=3600)
+    bot.sim.sim.advance(task.task_id)  # -> training
+    bot.sim.sim.advance(task.task_id)  # -> waiting, round 1
+    await bot.track(task.task_id, title="Hal, avatar")
+    record = await bot.posted(task.task_id)
+    await open_home(bot, "U0VIEW")
+    await bot.until(lambda: settled(bot))
+    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
+    [call] = await bot.fake.wait_for("views.open")
+    view = call.args["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    await bot.submit_reason(view["private_metadata"], "green outline", user="U0BO")
+    await bot.until(lambda: shows(bot, "U0VIEW", "Rejected by <@U0BO>", "Waiting for you (0)"))
+    await bot.until(lambda: settled(bot))
+    bot.sim.sim.advance(task.task_id)  # round 2's training ends
+    await bot.until(lambda: shows(bot, "U0VIEW", "· round 2", "Waiting for you (1)"))
+
+
+async def test_an_open_home_shows_each_approval_counted(sim, fake, redis_url):
+    async with run_bot(sim, fake, redis_url, REQUIRED_APPROVALS=2) as bot:
+        task_id = await waiting_task(bot, "Ida, voice")
+        await open_home(bot, "U0VIEW")
+        await bot.until(lambda: settled(bot))
+        record = await bot.record(task_id)
+        await bot.click("approve", button_values(bot.parent(record))["approve"], user="U0ANA")
+        await bot.until(lambda: shows(bot, "U0VIEW", "Approvals 1 of 2: <@U0ANA>"))
+
+
+async def test_a_clicker_who_never_opened_the_home_gets_it_fresh_after_the_click(bot: Bot):
+    task_id = await waiting_task(bot, "Jo, avatar")
+    await bot.click("approve", messages.button_value(task_id, 1), "U0NEW", home=True)
+    await bot.until(lambda: shows(bot, "U0NEW", "Approved by <@U0NEW>", "Waiting for you (0)"))
+
+
+async def test_an_answer_on_the_home_is_not_overwritten_by_a_refresh_in_flight(bot: Bot):
+    task_id = await waiting_task(bot, "Kai, voice")
+    await open_home(bot, "U0ANA")
+    await bot.until(lambda: settled(bot))
+    before = len(bot.fake.calls_to("views.publish"))
+    bot.fake.hold("views.publish")  # the next publish, a refresh's, waits at Slack
+    await bot.store.home_changed()
+    await bot.fake.wait_for("views.publish", count=before + 1)
+    await bot.click("approve", messages.button_value(task_id, 7), "U0ANA", home=True)
+    await bot.fake.wait_for("views.publish", count=before + 2)  # the answer, published first
+    bot.fake.release("views.publish")  # then the refresh, built before the answer, lands
+    await bot.until(lambda: settled(bot))
+    assert shows(bot, "U0ANA", "round 7", "Answer to your click", "Kai, voice")
+
+
+async def test_the_homes_follow_the_approver_group(sim, fake, redis_url):
+    fake.groups["S0LEADS"] = ["U0ANA"]
+    async with run_bot(sim, fake, redis_url, APPROVER_GROUP="S0LEADS") as bot:
+        await waiting_task(bot, "Lu, avatar")
+        await open_home(bot, "U0EVE")
+        await bot.until(lambda: settled(bot))
+        assert bot.fake.home_buttons("U0EVE") == []
+        fake.groups["S0LEADS"] = ["U0ANA", "U0EVE"]
+        event = home_opened(fake.team_id, "U0EVE")
+        event["event"] = {"type": "subteam_members_changed", "subteam_id": "S0LEADS"}
+        body = json.dumps(event)
+        headers = slack_headers(body, content_type="application/json")
+        assert (await bot.http.post("/slack/events", content=body, headers=headers)).is_success
+        await bot.until(lambda: len(bot.fake.home_buttons("U0EVE")) == 2)
+
+
+async def test_with_redis_down_a_click_on_the_home_is_still_answered(
+    sim, fake, own_redis: RedisProcess
+):
+    async with run_bot(sim, fake, own_redis.url) as bot:
+        task_id = await waiting_task(bot, "Mo, voice")
+        await open_home(bot, "U0ANA")
+        own_redis.stop()
+        await bot.click("approve", messages.button_value(task_id, 1), "U0ANA", home=True)
+        await bot.until(lambda: shows(bot, "U0ANA", "temporarily unavailable", "cannot be read"))
+        assert not [r for r in sim.sim.requests if r["action"] == "customerconfirm"]
 
 
 def readme_example() -> dict:
