@@ -249,14 +249,24 @@ end
 return due
 """
 
-# Stop counting a task by stage (it left the active ones another way than a poll).
-_UNCOUNT = """
+# IVH does not know the task: stop polling it, tell it, stop counting it by stage and take its
+# round out of the waiting sets, all in one step, so that no crash in between leaves the
+# stage gauge counting a task nobody polls, or a round waiting that never will be decided.
+_UNKNOWN = """
+redis.call('HSET', KEYS[1], 'state', 'unknown', 'error', ARGV[2], 'polled_at', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
+           'type', ARGV[5], 'task_id', ARGV[1], 'event', ARGV[6])
 local counted = redis.call('HGET', KEYS[1], 'counted')
 if counted then
-  redis.call('HINCRBY', KEYS[2], counted, -1)
+  redis.call('HINCRBY', KEYS[5], counted, -1)
   redis.call('HDEL', KEYS[1], 'counted')
 end
-return 0
+for i = 6, 8 do redis.call('ZREM', KEYS[i], ARGV[9]) end
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+return 1
 """
 
 # Renew a pending event's ownership, only while `consumer` still owns it.
@@ -309,7 +319,7 @@ class Store:
         self.redis = redis
         self.audit_retention = audit_retention_days * 24 * 3600
         self._decide = redis.register_script(_DECIDE)
-        self._uncount = redis.register_script(_UNCOUNT)
+        self._unknown = redis.register_script(_UNKNOWN)
         self._take_due = redis.register_script(_TAKE_DUE)
         self._track = redis.register_script(_TRACK)
         self._lease_due = redis.register_script(_CLAIM_DUE)
@@ -733,19 +743,29 @@ class Store:
     async def mark_unknown(self, record: TaskRecord, message: str, now: float) -> None:
         """IVH does not know the id: stop polling it and tell whoever tracked it."""
         event = Event(type=EventType.UNKNOWN_TASK, task_id=record.task_id, at=now, message=message)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
+        await self._unknown(
+            keys=[
                 task_key(record.task_id),
-                mapping={"state": TaskState.UNKNOWN.value, "error": message, "polled_at": now},
-            )
-            pipe.zrem(SCHEDULE, record.task_id)
-            pipe.rpush(history_key(record.task_id), _history_entry("unknown", now, message=message))
-            pipe.xadd(EVENTS_STREAM, _stream_fields(event), maxlen=EVENTS_MAXLEN)
-            for key in (task_key(record.task_id), history_key(record.task_id)):
-                pipe.expire(key, RETENTION)
-            await pipe.execute()
-        await self._uncount(keys=[task_key(record.task_id), STAGES])
-        await self.redis.zrem(PENDING, _waiting_member(record.task_id, record.round))
+                SCHEDULE,
+                history_key(record.task_id),
+                EVENTS_STREAM,
+                STAGES,
+                PENDING,
+                REMINDERS,
+                ESCALATIONS,
+            ],
+            args=[
+                record.task_id,
+                message,
+                repr(now),
+                _history_entry("unknown", now, message=message),
+                event.type.value,
+                event.model_dump_json(),
+                EVENTS_MAXLEN,
+                RETENTION,
+                _waiting_member(record.task_id, record.round),
+            ],
+        )
 
     async def record_failure(self, task_id: str, message: str, now: float, retry_at: float) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -794,10 +814,6 @@ def _audit_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     if fields.get("ready_at"):
         entry["ready_at"] = float(fields["ready_at"])
     return entry
-
-
-def _stream_fields(event: Event) -> dict[FieldT, EncodableT]:
-    return {"type": event.type.value, "task_id": event.task_id, "event": event.model_dump_json()}
 
 
 def _event(fields: dict[Any, Any]) -> Event:
