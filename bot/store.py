@@ -269,6 +269,21 @@ redis.call('EXPIRE', KEYS[3], ARGV[8])
 return 1
 """
 
+# A round waiting for a decision that an earlier version recorded: only a round's start puts
+# it in the waiting sets (_RECORD), and that version kept none. Put in all three at once, when
+# the task is still active and where the caller saw it (the snapshot), the round undecided
+# and not in PENDING: a round there was queued before, and may have been escalated and taken
+# out of ESCALATIONS since, which must not bring the escalation back at every start.
+_BACKFILL = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+if (redis.call('HGET', KEYS[1], 'snapshot') or '') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+if redis.call('ZSCORE', KEYS[4], ARGV[3]) then return 0 end
+local at = redis.call('HGET', KEYS[3], ARGV[2]) or redis.call('HGET', KEYS[1], 'polled_at')
+for i = 4, 6 do redis.call('ZADD', KEYS[i], 'NX', at or ARGV[4], ARGV[3]) end
+return 1
+"""
+
 # Renew a pending event's ownership, only while `consumer` still owns it.
 _KEEP_OWNED = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
@@ -320,6 +335,7 @@ class Store:
         self.audit_retention = audit_retention_days * 24 * 3600
         self._decide = redis.register_script(_DECIDE)
         self._unknown = redis.register_script(_UNKNOWN)
+        self._backfill = redis.register_script(_BACKFILL)
         self._take_due = redis.register_script(_TAKE_DUE)
         self._track = redis.register_script(_TRACK)
         self._lease_due = redis.register_script(_CLAIM_DUE)
@@ -492,6 +508,41 @@ class Store:
             task_id, round_ = json.loads(_text(member))
             rounds.append((str(task_id), int(round_), float(score)))
         return rounds
+
+    async def queue_earlier_waiting(self, now: float | None = None) -> int:
+        """Put the rounds an earlier version left waiting for a decision in PENDING, REMINDERS
+        and ESCALATIONS, scored by when their demo was ready (else the task's last poll).
+        Once per round, whoever runs it and however often: replicas run it at each start.
+        Returns how many rounds it put there."""
+        now = time.time() if now is None else now
+        waiting = [
+            (record, record.snapshot)
+            for record in await self.polled_tasks()
+            if record.state == TaskState.ACTIVE and record.snapshot and record.snapshot.waiting
+        ]
+        if not waiting:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record, snapshot in waiting:
+                await self._backfill(
+                    keys=[
+                        task_key(record.task_id),
+                        decisions_key(record.task_id),
+                        ready_key(record.task_id),
+                        PENDING,
+                        REMINDERS,
+                        ESCALATIONS,
+                    ],
+                    args=[
+                        record.stored_snapshot,
+                        str(snapshot.round),
+                        _waiting_member(record.task_id, snapshot.round),
+                        repr(now),
+                    ],
+                    client=pipe,
+                )
+            queued = await pipe.execute()
+        return sum(int(added) for added in queued)
 
     async def ready_at(self, task_id: str, round_: int) -> float | None:
         """When the round's demo was first seen ready."""
