@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 HEALTH_KEYS = ("redis", "poller", "publisher")  # what /healthz answers, always all of them
 REDIS_POOL = 64  # connections per process; a burst beyond waits for a free one
 REDIS_WARM = 48  # opened at start: a replica's share of a burst of 100 clicks, and then some
+PREPARE_SECONDS = 10  # start-up's one-time work waits this long for Redis, then goes on
 
 # The demo's poller reads every tracked task from its simulator, which makes up any id it is
 # asked about: it must not meet real tasks, in another Redis or in a `run`'s embedded one.
@@ -279,6 +280,23 @@ class Runtime:
         )
         return SlackSide(bolt, publisher, media, session, handoff, reminders, home)
 
+    async def prepare(self) -> None:
+        """One-time work at start-up, before the loops: the rounds an earlier version left
+        waiting for a decision join /ivh pending, the reminders and the escalations (that
+        version kept none of them; a round is put there when it starts)."""
+        try:
+            async with asyncio.timeout(PREPARE_SECONDS):
+                queued = await self.store.queue_earlier_waiting()
+        except (RedisError, TimeoutError) as error:
+            log.warning(
+                "rounds left waiting by an earlier version not queued (Redis: %s); they are at"
+                " the next start",
+                error or "slow",
+            )
+            return
+        if queued:
+            log.info("%d round(s) left waiting by an earlier version: in /ivh pending now", queued)
+
     async def health(self) -> dict[str, bool]:
         """/healthz: the same keys whatever is configured (HEALTH_KEYS, README).
 
@@ -447,6 +465,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, demo: bool = False) 
             if retired:
                 log.info("demo: no longer polling earlier demo tasks %s", ", ".join(retired))
             demo_task = await seed_demo(runtime.store, up.simulator)
+        await runtime.prepare()
         loops = [asyncio.create_task(runtime.poller.run(), name="poller")]
         if runtime.slack is not None:
             loops.append(asyncio.create_task(runtime.slack.publisher.run(), name="publisher"))

@@ -336,7 +336,15 @@ class Publisher:
         if event.type == EventType.ROUND_CHANGED:
             # Retrained quicker than a poll: no left_confirmation told the previous decision.
             await self._tell_decided(entry_id, event.task_id, previous)
-        await self._tell_requester(entry_id, "dm:ready", event.task_id, messages.requester_ready)
+
+        def ready(view: TaskView, where: messages.Where) -> messages.Payload | None:
+            # As for the channel's call above: a round over when its event is handled late is
+            # not "ready" any more, and the current round's event told the current round.
+            if view.round != event.round:
+                return None
+            return messages.requester_ready(view, where)
+
+        await self._tell_requester(entry_id, "dm:ready", event.task_id, ready)
 
     async def _copy_videos(self, entry_id: str, event: Event) -> None:
         task_id = event.task_id
@@ -424,19 +432,21 @@ class Publisher:
         entry_id: str,
         step: str,
         task_id: str,
-        build: Callable[[TaskView, messages.Where], messages.Payload],
+        build: Callable[[TaskView, messages.Where], messages.Payload | None],
     ) -> None:
         """DM whoever tracked the task (a Slack user) once per event: its step is marked when
-        sent, or when Slack will never deliver it. Other Slack errors retry the event."""
+        sent, when there is nothing to tell (`build` gives None), or when Slack will never
+        deliver it. Other Slack errors retry the event."""
         if not await self._to_do(entry_id, step):
             return
         loaded = await self._store.view(task_id)
         if loaded is None or not messages.is_user(loaded.record.tracked_by):
             return
         record, view = loaded
-        where = messages.Where(record.slack_permalink, record.slack_channel)
+        payload = build(view, messages.Where(record.slack_permalink, record.slack_channel))
         try:
-            await self._thread.post(record.tracked_by, **build(view, where))
+            if payload is not None:
+                await self._thread.post(record.tracked_by, **payload)
         except SlackApiError as error:
             if slack_error(error) not in UNREACHABLE_USER_ERRORS:
                 raise

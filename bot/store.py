@@ -272,14 +272,41 @@ end
 return due
 """
 
-# Stop counting a task by stage (it left the active ones another way than a poll).
-_UNCOUNT = """
+# IVH does not know the task: stop polling it, tell it, stop counting it by stage and take its
+# round out of the waiting sets, all in one step, so that no crash in between leaves the
+# stage gauge counting a task nobody polls, or a round waiting that never will be decided.
+_UNKNOWN = """
+redis.call('HSET', KEYS[1], 'state', 'unknown', 'error', ARGV[2], 'polled_at', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
+           'type', ARGV[5], 'task_id', ARGV[1], 'event', ARGV[6])
 local counted = redis.call('HGET', KEYS[1], 'counted')
 if counted then
-  redis.call('HINCRBY', KEYS[2], counted, -1)
+  redis.call('HINCRBY', KEYS[5], counted, -1)
   redis.call('HDEL', KEYS[1], 'counted')
 end
-return 0
+for i = 6, 8 do redis.call('ZREM', KEYS[i], ARGV[9]) end
+redis.call('INCR', KEYS[9])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+return 1
+"""
+
+# A round waiting for a decision that an earlier version recorded: only a round's start puts
+# it in the waiting sets (_RECORD), and that version kept none. Put in all three at once, when
+# the task is still active and where the caller saw it (the snapshot), the round undecided
+# and not in PENDING: a round there was queued before, and may have been escalated and taken
+# out of ESCALATIONS since, which must not bring the escalation back at every start.
+_BACKFILL = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+if (redis.call('HGET', KEYS[1], 'snapshot') or '') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+if redis.call('ZSCORE', KEYS[4], ARGV[3]) then return 0 end
+local at = redis.call('HGET', KEYS[3], ARGV[2]) or redis.call('HGET', KEYS[1], 'polled_at')
+for i = 4, 6 do redis.call('ZADD', KEYS[i], 'NX', at or ARGV[4], ARGV[3]) end
+redis.call('INCR', KEYS[7])
+return 1
 """
 
 # Renew a pending event's ownership, only while `consumer` still owns it.
@@ -333,7 +360,8 @@ class Store:
         self.redis = redis
         self.audit_retention = audit_retention_days * 24 * 3600
         self._decide = redis.register_script(_DECIDE)
-        self._uncount = redis.register_script(_UNCOUNT)
+        self._unknown = redis.register_script(_UNKNOWN)
+        self._backfill = redis.register_script(_BACKFILL)
         self._take_due = redis.register_script(_TAKE_DUE)
         self._track = redis.register_script(_TRACK)
         self._lease_due = redis.register_script(_CLAIM_DUE)
@@ -587,6 +615,42 @@ class Store:
         raw = await self.redis.get(home_notice_key(user))
         return _text(raw) if raw else None
 
+    async def queue_earlier_waiting(self, now: float | None = None) -> int:
+        """Put the rounds an earlier version left waiting for a decision in PENDING, REMINDERS
+        and ESCALATIONS, scored by when their demo was ready (else the task's last poll).
+        Once per round, whoever runs it and however often: replicas run it at each start.
+        Returns how many rounds it put there."""
+        now = time.time() if now is None else now
+        waiting = [
+            (record, record.snapshot)
+            for record in await self.polled_tasks()
+            if record.state == TaskState.ACTIVE and record.snapshot and record.snapshot.waiting
+        ]
+        if not waiting:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record, snapshot in waiting:
+                await self._backfill(
+                    keys=[
+                        task_key(record.task_id),
+                        decisions_key(record.task_id),
+                        ready_key(record.task_id),
+                        PENDING,
+                        REMINDERS,
+                        ESCALATIONS,
+                        HOME_CHANGED,
+                    ],
+                    args=[
+                        record.stored_snapshot,
+                        str(snapshot.round),
+                        _waiting_member(record.task_id, snapshot.round),
+                        repr(now),
+                    ],
+                    client=pipe,
+                )
+            queued = await pipe.execute()
+        return sum(int(added) for added in queued)
+
     async def ready_at(self, task_id: str, round_: int) -> float | None:
         """When the round's demo was first seen ready."""
         raw = await self.redis.hget(ready_key(task_id), str(round_))
@@ -838,19 +902,30 @@ class Store:
     async def mark_unknown(self, record: TaskRecord, message: str, now: float) -> None:
         """IVH does not know the id: stop polling it and tell whoever tracked it."""
         event = Event(type=EventType.UNKNOWN_TASK, task_id=record.task_id, at=now, message=message)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
+        await self._unknown(
+            keys=[
                 task_key(record.task_id),
-                mapping={"state": TaskState.UNKNOWN.value, "error": message, "polled_at": now},
-            )
-            pipe.zrem(SCHEDULE, record.task_id)
-            pipe.rpush(history_key(record.task_id), _history_entry("unknown", now, message=message))
-            pipe.xadd(EVENTS_STREAM, _stream_fields(event), maxlen=EVENTS_MAXLEN)
-            for key in (task_key(record.task_id), history_key(record.task_id)):
-                pipe.expire(key, RETENTION)
-            await pipe.execute()
-        await self._uncount(keys=[task_key(record.task_id), STAGES])
-        await self.redis.zrem(PENDING, _waiting_member(record.task_id, record.round))
+                SCHEDULE,
+                history_key(record.task_id),
+                EVENTS_STREAM,
+                STAGES,
+                PENDING,
+                REMINDERS,
+                ESCALATIONS,
+                HOME_CHANGED,
+            ],
+            args=[
+                record.task_id,
+                message,
+                repr(now),
+                _history_entry("unknown", now, message=message),
+                event.type.value,
+                event.model_dump_json(),
+                EVENTS_MAXLEN,
+                RETENTION,
+                _waiting_member(record.task_id, record.round),
+            ],
+        )
 
     async def record_failure(self, task_id: str, message: str, now: float, retry_at: float) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -899,10 +974,6 @@ def _audit_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     if fields.get("ready_at"):
         entry["ready_at"] = float(fields["ready_at"])
     return entry
-
-
-def _stream_fields(event: Event) -> dict[FieldT, EncodableT]:
-    return {"type": event.type.value, "task_id": event.task_id, "event": event.model_dump_json()}
 
 
 def _event(fields: dict[Any, Any]) -> Event:

@@ -277,6 +277,29 @@ async def grants_at_redis(redis: Redis, key: str) -> AsyncIterator[list[int]]:
             await asyncio.wait_for(reader, 10)
 
 
+@contextlib.asynccontextmanager
+async def commands_at_redis(redis: Redis) -> AsyncIterator[list[str]]:
+    """The commands clients send Redis while inside, each as MONITOR shows it ("EVALSHA ...");
+    not those a Lua script runs: what a process killed between two of them leaves done."""
+    marker = "commands-seen"
+    commands: list[str] = []
+    async with redis.monitor() as monitor:
+
+        async def collect() -> None:
+            async for info in monitor.listen():
+                if info["command"] == f"ECHO {marker}":
+                    return
+                if info["client_type"] != "lua":
+                    commands.append(info["command"])
+
+        reader = asyncio.create_task(collect())
+        try:
+            yield commands
+        finally:
+            await redis.echo(marker)  # seen after every command sent before it
+            await asyncio.wait_for(reader, 10)
+
+
 def busiest_window(grants: list[int], rate: float) -> int:
     """The most grants within one window of the limiter for `rate` (a second and its
     jitter margin, see bot/ratelimit.py): the limiter allows `int(rate)`."""

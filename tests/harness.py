@@ -333,6 +333,7 @@ async def run_bot(
     )
     runtime = Runtime.build(settings, up)
     assert runtime.slack is not None
+    await runtime.prepare()  # as bot.app.serve does, before the loops
     loops = [
         asyncio.create_task(runtime.poller.run()),
         asyncio.create_task(runtime.slack.publisher.run()),

@@ -4,6 +4,7 @@ with a category and a timecode. End to end: simulator, fake Slack, private Redis
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.test_slack_flow import (
     _fault,
     _succeeded,
     button_values,
+    handle_round_two_after_round_three,
     sim_operations,
 )
 
@@ -308,6 +310,27 @@ async def test_a_requester_named_on_post_tasks_is_told_of_a_rejection_and_the_ne
     assert "round 1 demo is ready" in ready
     assert "Rejected by <@U0BO>" in decided and "[Lip sync] drifts" in decided
     assert "round 2 demo is ready" in again
+
+
+async def test_a_round_handled_after_the_next_one_is_not_told_ready_to_the_requester(
+    sim, fake, redis_url, caplog
+):
+    """Round 2's event, handled late (reclaimed after round 3's), told the requester "round 3
+    is ready" a second time: the DM was built from the task's current round. Round 2 was over
+    by then: there is nothing ready to tell, and a "round 2 is ready" would send the requester
+    to a round nobody can decide any more."""
+    caplog.set_level(logging.INFO, logger="bot.publisher")
+    async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=5) as bot:
+        task = sim.sim.create_task()
+        await bot.track(task.task_id, requester="U0REQ")
+        await bot.posted(task.task_id)
+        await bot.until(bot.published)
+
+        await handle_round_two_after_round_three(bot, task.task_id, caplog)
+
+        told = [m.text.rsplit(": ", 1)[-1] for m in fake.direct_messages("U0REQ")]
+        ready = [line for line in told if line.endswith("is ready for a decision")]
+        assert ready == ["round 1 is ready for a decision", "round 3 is ready for a decision"]
 
 
 async def test_a_requester_must_be_a_slack_user_id(bot: Bot):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from bot.config import Settings
 from bot.model import QuietHours
 from bot.reminders import Policy, Reminders, mentions
-from bot.store import REMINDERS
-from tests.harness import Bot
+from bot.store import ESCALATIONS, PENDING, REMINDERS
+from tests.harness import Bot, run_bot
 
 HOUR = 3600.0
 
@@ -100,6 +101,40 @@ async def test_quiet_hours_defer_a_reminder_to_their_end(bot: Bot):
     assert await one.run_once(at) == 0
     assert await one.run_once(quiet.ends_after(at) - 1) == 0
     assert await one.run_once(quiet.ends_after(at) + 1) == 1
+
+
+async def test_a_round_an_earlier_version_left_waiting_is_queued_once_at_start(
+    sim, fake, redis_url
+):
+    """Only a round's start puts it in /ivh pending and the reminder sets, and the version
+    before them kept none: a round waiting at the upgrade was never listed nor reminded of.
+    A start queues it, once: starts together or later add nothing, and an escalation sent
+    (taken out of its set) is not brought back."""
+    async with run_bot(sim, fake, redis_url) as bot:
+        task_id, ready, _ = await waiting_task(bot)
+        for key in (PENDING, REMINDERS, ESCALATIONS):  # as the earlier version left it
+            await bot.store.set_waiting(key, task_id, 1, None)
+        assert task_id not in (await bot.command("pending")).text
+
+    async with run_bot(sim, fake, redis_url) as bot:  # this version starts
+        assert task_id in (await bot.command("pending")).text
+        assert await bot.store.pending() == [(task_id, 1, ready)]
+        assert await bot.store.take_waiting(REMINDERS, ready, then=ready) == [(task_id, 1)]
+        starts = await asyncio.gather(*(bot.store.queue_earlier_waiting() for _ in range(3)))
+        assert starts == [0, 0, 0]
+        assert await bot.store.take_waiting(ESCALATIONS, ready, None) == [(task_id, 1)]  # sent
+
+        for key in (PENDING, REMINDERS, ESCALATIONS):  # left by the earlier version again,
+            await bot.store.set_waiting(key, task_id, 1, None)
+        # and three replicas start at once: one of them queues it
+        starts = await asyncio.gather(*(bot.store.queue_earlier_waiting() for _ in range(3)))
+        assert sorted(starts) == [0, 0, 1]
+        assert await bot.store.take_waiting(ESCALATIONS, ready, None) == [(task_id, 1)]  # sent
+
+    async with run_bot(sim, fake, redis_url) as bot:  # started again, later
+        assert await bot.store.pending() == [(task_id, 1, ready)]
+        assert await bot.store.take_waiting(ESCALATIONS, 1e12, None) == []
+        assert await bot.store.take_waiting(REMINDERS, 1e12, None) == [(task_id, 1)]
 
 
 @pytest.mark.parametrize(

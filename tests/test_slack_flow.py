@@ -571,6 +571,46 @@ async def test_a_shared_video_is_found_in_its_thread_across_pages(store, fake, c
     assert "cannot look for a video shared before a crash (missing_scope)" in caplog.text
 
 
+async def handle_round_two_after_round_three(bot: Bot, task_id: str, caplog) -> None:
+    """Round 2's event fails at Slack once, then is held by a "dead" publisher while round 3
+    is handled (XCLAIM's TIME: delivered an hour from now); then it is reclaimed and handled.
+    `task_id` is posted and published, at round 1; caplog logs bot.publisher at INFO."""
+    redis = bot.store.redis
+
+    async def entry_of(round_: int) -> str | None:
+        events = await bot.store.events()
+        found = [i for i, e in events if e.task_id == task_id and e.round == round_]
+        waiting = [i for i, e in events if e.demo_urls and e.round == round_]
+        return next((i for i in found if i in waiting), None)
+
+    bot.fake.fail("chat.update", error="internal_error", count=1000)
+    bot.sim.sim.confirm(task_id, "REJECT", "too dark")
+    await bot.until(lambda: entry_of(2))
+    late = await entry_of(2)
+    assert late is not None
+    failed = f"event {late} ({task_id}): Slack internal_error; will retry"
+
+    async def tried() -> bool:
+        return failed in caplog.text
+
+    await bot.until(tried)
+    seconds, _ = await redis.time()
+    hour_ahead = (seconds + 3600) * 1000
+    await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], time=hour_ahead)
+    bot.fake.heal("chat.update")
+
+    bot.sim.sim.confirm(task_id, "REJECT", "still too dark")
+    await bot.until(lambda: entry_of(3))
+    record = await bot.record(task_id)
+
+    async def round_three_shared() -> bool:
+        return any(m.text == "Round 3 demo" for m in bot.thread(record) if m.files)
+
+    await bot.until(round_three_shared)
+    await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], idle=3_600_000)
+    await bot.until(bot.published, within=30)  # round 2's event too, reclaimed
+
+
 async def test_a_round_handled_after_the_next_one_is_shown_as_its_own(sim, fake, redis_url, caplog):
     """A demo event left pending (its publisher killed, or Slack failing) is handled once
     reclaimed, after the next round's event. Found by bench/chaos.py (seed 408696: two rounds
@@ -579,50 +619,15 @@ async def test_a_round_handled_after_the_next_one_is_shown_as_its_own(sim, fake,
     rendered from the task's current round instead of the event's."""
     caplog.set_level(logging.INFO, logger="bot.publisher")
     async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=5) as bot:
-        redis = bot.store.redis
         task = sim.sim.create_task()
         await bot.track(task.task_id)
         record = await bot.posted(task.task_id)
         await bot.until(bot.published)
 
-        async def entry_of(round_: int) -> str | None:
-            events = await bot.store.events()
-            found = [i for i, e in events if e.task_id == task.task_id and e.round == round_]
-            waiting = [i for i, e in events if e.demo_urls and e.round == round_]
-            return next((i for i in found if i in waiting), None)
+        await handle_round_two_after_round_three(bot, task.task_id, caplog)
 
-        # Round 2's event fails at Slack once, then is held by a "dead" publisher until the
-        # test lets it be reclaimed (XCLAIM's TIME: delivered an hour from now).
-        fake.fail("chat.update", error="internal_error", count=1000)
-        sim.sim.confirm(task.task_id, "REJECT", "too dark")
-        await bot.until(lambda: entry_of(2))
-        late = await entry_of(2)
-        assert late is not None
-        failed = f"event {late} ({task.task_id}): Slack internal_error; will retry"
-
-        async def tried() -> bool:
-            return failed in caplog.text
-
-        await bot.until(tried)
-        seconds, _ = await redis.time()
-        hour_ahead = (seconds + 3600) * 1000
-        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], time=hour_ahead)
-        fake.heal("chat.update")
-
-        sim.sim.confirm(task.task_id, "REJECT", "still too dark")
-        await bot.until(lambda: entry_of(3))
-
-        def videos() -> list[str]:
-            return [m.text for m in bot.thread(record) if m.files]
-
-        async def round_three_shared() -> bool:
-            return "Round 3 demo" in videos()
-
-        await bot.until(round_three_shared)
-        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [late], idle=3_600_000)
-        await bot.until(bot.published, within=30)  # round 2's event too, reclaimed
-
-        assert sorted(videos()) == ["Round 1 demo", "Round 2 demo", "Round 3 demo"]
+        videos = [m.text for m in bot.thread(record) if m.files]
+        assert sorted(videos) == ["Round 1 demo", "Round 2 demo", "Round 3 demo"]
         told = [m.text for m in bot.thread(record) if "ready for a decision" in m.text]
         assert told == ["Round 3 is ready for a decision"]  # round 2 was over when handled
 

@@ -6,7 +6,9 @@ import time
 from bot.events import Snapshot, build_events
 from bot.ratelimit import JITTER, SLACK, RedisRateLimiter
 from bot.store import (
+    ESCALATIONS,
     EVENTS_STREAM,
+    REMINDERS,
     Claim,
     Store,
     TaskState,
@@ -14,7 +16,7 @@ from bot.store import (
     lock_key,
     rate_key,
 )
-from tests.conftest import wait_for
+from tests.conftest import commands_at_redis, wait_for
 
 WAITING = Snapshot(status="MAKING", stage="CONFIRM", stage_status="WAIT_PROCESS", round=1)
 TRAINING = Snapshot(status="MAKING", stage="TRAIN", stage_status="PROCESSING")
@@ -69,6 +71,35 @@ async def test_unknown_task_stops_polling_and_can_be_tracked_again(store: Store)
     assert event.type == "unknown_task"
     _, started = await store.track("t-1", channel=None, title=None, tracked_by="U1", now=3.0)
     assert started and (await store.get("t-1")).state == TaskState.ACTIVE
+
+
+async def test_an_unknown_task_leaves_the_gauge_and_the_waiting_sets_in_one_step(store: Store):
+    """A task whose round waits, then unknown to IVH: it is no longer counted by stage and its
+    round waits nowhere, all done by one command. Broken: the gauge was fixed and the round
+    taken out of PENDING in two more commands after the transaction (a process killed in
+    between left the gauge off by one), and the round stayed in REMINDERS and ESCALATIONS."""
+    for task_id in ("t-0", "t-1"):  # t-0 loads the script: its first use costs a SCRIPT LOAD
+        record, _ = await store.track(task_id, channel=None, title=None, tracked_by="U1", now=1.0)
+        events = build_events(task_id, None, WAITING, at=2.0)
+        assert await store.record_progress(record, WAITING, events, now=2.0, next_poll=3.0)
+    assert await store.stage_counts() == {"CONFIRM/WAIT_PROCESS": 2}
+    t0 = await store.get("t-0")
+    assert t0 is not None
+    await store.mark_unknown(t0, "IVH code 110006: record does not exist", now=3.0)
+    t1 = await store.get("t-1")
+    assert t1 is not None
+    await store.open_connections(4)  # MONITOR takes one: no handshake on a new one inside
+
+    async with commands_at_redis(store.redis) as sent:
+        await store.mark_unknown(t1, "IVH code 110006: record does not exist", now=4.0)
+
+    assert [command.split(" ")[0] for command in sent] == ["EVALSHA"]
+    assert await store.stage_counts() == {}
+    assert await store.pending() == []
+    for key in (REMINDERS, ESCALATIONS):
+        assert await store.take_waiting(key, upto=1e12, then=None) == []
+    [(_, unknown)] = [(i, e) for i, e in await store.events() if e.type == "unknown_task"][1:]
+    assert unknown.task_id == "t-1" and "110006" in unknown.message
 
 
 def parked_in(told: list[float]):
