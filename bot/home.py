@@ -1,6 +1,6 @@
 """The App Home: published when a user opens it, and again for recent viewers when what it
-shows changes (a round starts waiting or is decided, an approval is counted, a thread is
-posted).
+shows changes (a round starts or stops waiting, is decided, gets an approval; a thread is
+posted or lost; who may decide changes).
 
 Every change bumps a counter in Redis, in the same step as the change. One replica at a time
 refreshes (a lock), at most once every `every` seconds (the lock outlives the refresh by that
