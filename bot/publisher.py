@@ -304,16 +304,16 @@ class Publisher:
         return await self._store.step_done(entry_id, step) is None
 
     async def _awaiting(self, entry_id: str, event: Event) -> None:
-        # The previous round ended in a REJECT, perhaps unseen (retraining took less than a
-        # poll interval, or polls were missed): it is settled here, as on left_confirmation.
+        # Every earlier round ended in a REJECT, perhaps unseen (retraining took less than a
+        # poll interval, or polls were missed): each one not told yet is settled here, as on
+        # left_confirmation, oldest first and before this round is called. Not only the
+        # previous one: its own event may have failed before showing it, to be handled late.
         previous = event.round - 1
-        unsettled = (
-            previous >= 1
-            and await self._store.demos(event.task_id, previous) is not None
-            and not await self._store.decision_replied(event.task_id, previous)
-        )
-        if unsettled:
-            unsettled = not await self._settle(event.task_id, previous, "REJECT", event.at)
+        unsettled = [
+            round_
+            for round_ in await self._store.rounds_unreplied(event.task_id, event.round)
+            if not await self._settle(event.task_id, round_, "REJECT", event.at)
+        ]
         await self._store.save_demos(event.task_id, event.round, event.demo_urls)
         record = await self._thread.show(event.task_id)
         if record is None or record.slack_ts is None:
@@ -331,8 +331,9 @@ class Publisher:
             await self._copy_videos(entry_id, event)
             await self._store.mark_step(entry_id, "upload")
             await self._thread.refresh(event.task_id)
-        if unsettled and not await self._settle(event.task_id, previous, "REJECT", event.at):
-            raise RetryLater(f"a decision on round {previous} from Slack is in flight")
+        for round_ in unsettled:
+            if not await self._settle(event.task_id, round_, "REJECT", event.at):
+                raise RetryLater(f"a decision on round {round_} from Slack is in flight")
         if event.type == EventType.ROUND_CHANGED:
             # Retrained quicker than a poll: no left_confirmation told the previous decision.
             await self._tell_decided(entry_id, event.task_id, previous)

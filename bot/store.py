@@ -686,6 +686,17 @@ class Store:
     async def mark_decision_replied(self, task_id: str, round_: int, ts: str) -> None:
         await self.redis.hset(replies_key(task_id), str(round_), ts)
 
+    async def rounds_unreplied(self, task_id: str, before: int) -> list[int]:
+        """The rounds before `before` seen waiting (by the poller, or shown by a publisher)
+        whose decision has no thread reply yet, oldest first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hkeys(ready_key(task_id))
+            pipe.hkeys(demos_key(task_id))
+            pipe.hkeys(replies_key(task_id))
+            ready, shown, replied = await pipe.execute()
+        seen = {int(_text(r)) for r in [*ready, *shown]} - {int(_text(r)) for r in replied}
+        return sorted(r for r in seen if r < before)
+
     async def all_demos(self, task_id: str) -> dict[int, list[str]]:
         """Every round's demo links, as the bot showed them."""
         raw = await self.redis.hgetall(demos_key(task_id))
