@@ -132,6 +132,10 @@ def replies_key(task_id: str) -> str:
     return f"{PREFIX}replies:{task_id}"  # hash: round -> ts of its decision's thread reply
 
 
+def told_key(task_id: str) -> str:
+    return f"{PREFIX}told:{task_id}"  # hash: round -> when its requester was told its decision
+
+
 def lock_key(name: str) -> str:
     return f"{PREFIX}lock:{name}"  # one process at a time does this Slack step
 
@@ -686,6 +690,13 @@ class Store:
     async def mark_decision_replied(self, task_id: str, round_: int, ts: str) -> None:
         await self.redis.hset(replies_key(task_id), str(round_), ts)
 
+    async def decision_told(self, task_id: str, round_: int) -> bool:
+        """Whether the requester was sent the round's decision (by whichever event)."""
+        return bool(await self.redis.hexists(told_key(task_id), str(round_)))
+
+    async def mark_decision_told(self, task_id: str, round_: int, at: float) -> None:
+        await self.redis.hset(told_key(task_id), str(round_), repr(at))
+
     async def rounds_unreplied(self, task_id: str, before: int) -> list[int]:
         """The rounds before `before` seen waiting (by the poller, or shown by a publisher)
         whose decision has no thread reply yet, oldest first."""
@@ -967,6 +978,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         replies_key(task_id),
         votes_key(task_id),
         ready_key(task_id),
+        told_key(task_id),
     )
 
 
