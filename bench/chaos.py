@@ -514,10 +514,15 @@ class Chaos:
     async def settle(self, stories: list[asyncio.Task[None]]) -> None:
         """Until every story is done and the cluster settled, at most --settle-seconds."""
         settle_end = time.monotonic() + self.args.settle_seconds
+        waiting_for: str | None = "the stories"
         while time.monotonic() < settle_end:
-            if all(s.done() for s in stories) and await self.settled():
+            running = sum(not s.done() for s in stories)
+            waiting_for = f"{running} stories" if running else await self.unsettled()
+            if waiting_for is None:
                 break
             await asyncio.sleep(1)
+        if waiting_for is not None:
+            say(f"not settled after {self.args.settle_seconds:.0f} s: {waiting_for}")
         for story_task in stories:
             story_task.cancel()
         await asyncio.gather(*stories, return_exceptions=True)
@@ -540,22 +545,25 @@ class Chaos:
                 f" at IVH, {len(self.kills)} kills, {alive}/{self.args.replicas} replicas up"
             )
 
-    async def settled(self) -> bool:
-        """Every task delivered at the simulator, seen so by the bot, shown, and published."""
+    async def unsettled(self) -> str | None:
+        """What is not settled yet (None: every task delivered at the simulator, seen so by
+        the bot, shown, and published)."""
         try:
             if not await self.cluster.published():
-                return False
+                return "events not yet acknowledged"
             for story in self.stories:
-                if self.sim.tasks[story.task_id].phase.value != "SUCCESS":
-                    return False
-                record = await self.cluster.store.get(story.task_id)
+                task_id = story.task_id
+                if (phase := self.sim.tasks[task_id].phase.value) != "SUCCESS":
+                    return f"{task_id}: {phase} at the simulator"
+                record = await self.cluster.store.get(task_id)
                 if record is None or record.snapshot is None or not record.snapshot.finished:
-                    return False
+                    seen = record.snapshot if record else None
+                    return f"{task_id}: the bot has not seen it finish ({seen})"
                 if "Complete" not in blocks_text(self.cluster.parent_of(record)):
-                    return False
-        except Exception:  # Redis restarting, a message not posted yet...
-            return False
-        return True
+                    return f"{task_id}: its message does not say Complete"
+        except Exception as error:  # Redis restarting, a message not posted yet...
+            return f"{type(error).__name__}: {error}"
+        return None
 
     # --- the figures ----------------------------------------------------------------------
 
