@@ -66,6 +66,9 @@ REASONS = [
     "eyes blink too often",
 ]
 SILENCE_EXPLAINED = 10.0  # s: a click on a replica killed this soon after is explained
+DECISION_REPLY = re.compile(
+    r"Round \d+ (approved|rejected|decided outside Slack)"
+)  # a thread reply
 _TASK_IN_HEADING = re.compile(r"`([^`]+)`")
 
 
@@ -674,6 +677,8 @@ class Chaos:
         info["rounds with more than one video in the thread"] = f"{len(doubled)} {doubled[:3]}"
         missing = self._missing_replies(records)
         info["decision replies missing from threads"] = f"{len(missing)} {missing[:3]}"
+        told_twice = self._double_replies(records)
+        info["decision replies told twice in a thread"] = f"{len(told_twice)} {told_twice[:3]}"
         info["kills (SIGKILL) / Redis restarts"] = f"{len(self.kills)} / {len(self.redis_down)}"
         info["tasks leased by a poller at a kill"] = len(self.leased_at_kills)
         info["reads of a task more than 30 s apart / longest gap"] = self._poll_gaps()
@@ -777,6 +782,18 @@ class Chaos:
                 if f"Round {d['round']} {word}" not in thread:
                     missing.append(f"{story.task_id} round {d['round']}")
         return missing
+
+    def _double_replies(self, records: dict[str, Any]) -> list[str]:
+        doubled = []
+        for story in self.stories:
+            record = records[story.task_id]
+            if record is None or record.slack_ts is None:
+                continue
+            replies = Counter(
+                m.text for m in self.cluster.thread_of(record) if DECISION_REPLY.fullmatch(m.text)
+            )
+            doubled += [f"{story.task_id} {text!r}" for text, n in replies.items() if n > 1]
+        return doubled
 
     def _double_videos(self, records: dict[str, Any]) -> list[str]:
         doubled = []
