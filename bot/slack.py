@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # How long one process may hold the right to post a task's message or a reply. Longer than a
 # post takes, 429s waited out included; a process that dies holding it delays the post this long.
 POST_LOCK_SECONDS = 120.0
+# A message update is checked against the state once it landed, and sent again if the state
+# moved meanwhile; a few times at most, in case it keeps moving (the next event updates it).
+REFRESH_READS = 3
 THREAD_PAGES = 10  # of 200 messages: far more than a task's rounds, replies and videos
 
 
@@ -302,23 +305,32 @@ class Thread:
         return await self.store.get(task_id)
 
     async def refresh(self, task_id: str) -> None:
-        """Rebuild the parent message from the task's current state."""
-        loaded = await self.store.view(task_id)
-        if loaded is None:
-            return
-        record, view = loaded
-        if not (record.slack_channel and record.slack_ts):
-            return
-        try:
-            await self.client.chat_update(
-                channel=record.slack_channel, ts=record.slack_ts, **self._message(view)
-            )
-        except SlackApiError as error:
-            if slack_error(error) != "message_not_found":
-                raise
-            log.warning("task %s: its message was deleted; posting it again", task_id)
-            await self.store.clear_slack_message(task_id)
-            await self.ensure_parent(task_id)
+        """Rebuild the parent message from the task's current state. Slack keeps whichever
+        update lands last, and another process's (built from a newer state) may land before
+        ours: the state is read again once ours landed, and sent again if it changed."""
+        sent: dict[str, Any] | None = None
+        for _ in range(REFRESH_READS):
+            loaded = await self.store.view(task_id)
+            if loaded is None:
+                return
+            record, view = loaded
+            if not (record.slack_channel and record.slack_ts):
+                return
+            message = self._message(view)
+            if message == sent:
+                return
+            try:
+                await self.client.chat_update(
+                    channel=record.slack_channel, ts=record.slack_ts, **message
+                )
+            except SlackApiError as error:
+                if slack_error(error) != "message_not_found":
+                    raise
+                log.warning("task %s: its message was deleted; posting it again", task_id)
+                await self.store.clear_slack_message(task_id)
+                await self.ensure_parent(task_id)
+                return
+            sent = message
 
     def _message(self, view: TaskView) -> dict[str, Any]:
         """The task's message, saying how many approvals a round takes."""
