@@ -66,6 +66,9 @@ REASONS = [
     "eyes blink too often",
 ]
 SILENCE_EXPLAINED = 10.0  # s: a click on a replica killed this soon after is explained
+DECISION_REPLY = re.compile(
+    r"Round \d+ (approved|rejected|decided outside Slack)"
+)  # a thread reply
 _TASK_IN_HEADING = re.compile(r"`([^`]+)`")
 
 
@@ -514,10 +517,15 @@ class Chaos:
     async def settle(self, stories: list[asyncio.Task[None]]) -> None:
         """Until every story is done and the cluster settled, at most --settle-seconds."""
         settle_end = time.monotonic() + self.args.settle_seconds
+        waiting_for: str | None = "the stories"
         while time.monotonic() < settle_end:
-            if all(s.done() for s in stories) and await self.settled():
+            running = sum(not s.done() for s in stories)
+            waiting_for = f"{running} stories" if running else await self.unsettled()
+            if waiting_for is None:
                 break
             await asyncio.sleep(1)
+        if waiting_for is not None:
+            say(f"not settled after {self.args.settle_seconds:.0f} s: {waiting_for}")
         for story_task in stories:
             story_task.cancel()
         await asyncio.gather(*stories, return_exceptions=True)
@@ -540,22 +548,25 @@ class Chaos:
                 f" at IVH, {len(self.kills)} kills, {alive}/{self.args.replicas} replicas up"
             )
 
-    async def settled(self) -> bool:
-        """Every task delivered at the simulator, seen so by the bot, shown, and published."""
+    async def unsettled(self) -> str | None:
+        """What is not settled yet (None: every task delivered at the simulator, seen so by
+        the bot, shown, and published)."""
         try:
             if not await self.cluster.published():
-                return False
+                return "events not yet acknowledged"
             for story in self.stories:
-                if self.sim.tasks[story.task_id].phase.value != "SUCCESS":
-                    return False
-                record = await self.cluster.store.get(story.task_id)
+                task_id = story.task_id
+                if (phase := self.sim.tasks[task_id].phase.value) != "SUCCESS":
+                    return f"{task_id}: {phase} at the simulator"
+                record = await self.cluster.store.get(task_id)
                 if record is None or record.snapshot is None or not record.snapshot.finished:
-                    return False
+                    seen = record.snapshot if record else None
+                    return f"{task_id}: the bot has not seen it finish ({seen})"
                 if "Complete" not in blocks_text(self.cluster.parent_of(record)):
-                    return False
-        except Exception:  # Redis restarting, a message not posted yet...
-            return False
-        return True
+                    return f"{task_id}: its message does not say Complete"
+        except Exception as error:  # Redis restarting, a message not posted yet...
+            return f"{type(error).__name__}: {error}"
+        return None
 
     # --- the figures ----------------------------------------------------------------------
 
@@ -666,6 +677,8 @@ class Chaos:
         info["rounds with more than one video in the thread"] = f"{len(doubled)} {doubled[:3]}"
         missing = self._missing_replies(records)
         info["decision replies missing from threads"] = f"{len(missing)} {missing[:3]}"
+        told_twice = self._double_replies(records)
+        info["decision replies told twice in a thread"] = f"{len(told_twice)} {told_twice[:3]}"
         info["kills (SIGKILL) / Redis restarts"] = f"{len(self.kills)} / {len(self.redis_down)}"
         info["tasks leased by a poller at a kill"] = len(self.leased_at_kills)
         info["reads of a task more than 30 s apart / longest gap"] = self._poll_gaps()
@@ -769,6 +782,18 @@ class Chaos:
                 if f"Round {d['round']} {word}" not in thread:
                     missing.append(f"{story.task_id} round {d['round']}")
         return missing
+
+    def _double_replies(self, records: dict[str, Any]) -> list[str]:
+        doubled = []
+        for story in self.stories:
+            record = records[story.task_id]
+            if record is None or record.slack_ts is None:
+                continue
+            replies = Counter(
+                m.text for m in self.cluster.thread_of(record) if DECISION_REPLY.fullmatch(m.text)
+            )
+            doubled += [f"{story.task_id} {text!r}" for text, n in replies.items() if n > 1]
+        return doubled
 
     def _double_videos(self, records: dict[str, Any]) -> list[str]:
         doubled = []

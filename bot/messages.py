@@ -294,6 +294,7 @@ def fallback_text(view: TaskView) -> str:
 
 
 TASK_METADATA = "ivh_task"  # the event_type of the metadata on every parent message
+DECISION_METADATA = "ivh_decision"  # ... and on every decision's thread reply
 
 
 def task_metadata(task_id: str) -> Payload:
@@ -308,6 +309,20 @@ def posted_for(message: Payload, task_id: str) -> bool:
         return False
     payload = metadata.get("event_payload")
     return isinstance(payload, dict) and payload.get("task_id") == task_id
+
+
+def decision_metadata(task_id: str, round_: int) -> Payload:
+    """Metadata naming a decision's thread reply: how one posted but not recorded is found."""
+    return {"event_type": DECISION_METADATA, "event_payload": {"task_id": task_id, "round": round_}}
+
+
+def replied_for(message: Payload, task_id: str, round_: int) -> bool:
+    """Whether a message from conversations.replies is the decision reply of that round."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("event_type") != DECISION_METADATA:
+        return False
+    payload = metadata.get("event_payload")
+    return payload == {"task_id": task_id, "round": round_}
 
 
 def task_message(view: TaskView) -> Payload:

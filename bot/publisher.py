@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -304,16 +305,21 @@ class Publisher:
         return await self._store.step_done(entry_id, step) is None
 
     async def _awaiting(self, entry_id: str, event: Event) -> None:
-        # The previous round ended in a REJECT, perhaps unseen (retraining took less than a
-        # poll interval, or polls were missed): it is settled here, as on left_confirmation.
-        previous = event.round - 1
-        unsettled = (
-            previous >= 1
-            and await self._store.demos(event.task_id, previous) is not None
-            and not await self._store.decision_replied(event.task_id, previous)
-        )
-        if unsettled:
-            unsettled = not await self._settle(event.task_id, previous, "REJECT", event.at)
+        # Every earlier round ended in a REJECT, perhaps unseen (retraining took less than a
+        # poll interval, or polls were missed): each one not told yet is settled here, as on
+        # left_confirmation, oldest first and before this round is called. Not only the
+        # previous one: its own event may have failed before showing it, to be handled late.
+        unreplied = await self._store.rounds_unreplied(event.task_id, event.round)
+        # Noted for a retry, which finds them replied: their decisions are told at the end.
+        noted = await self._store.step_done(entry_id, "earlier")
+        if noted is None:
+            await self._store.mark_step(entry_id, "earlier", json.dumps(unreplied))
+        earlier = sorted({*unreplied, *(json.loads(noted) if noted else [])})
+        unsettled = [
+            round_
+            for round_ in unreplied
+            if not await self._settle(event.task_id, round_, "REJECT", event.at)
+        ]
         await self._store.save_demos(event.task_id, event.round, event.demo_urls)
         record = await self._thread.show(event.task_id)
         if record is None or record.slack_ts is None:
@@ -331,11 +337,16 @@ class Publisher:
             await self._copy_videos(entry_id, event)
             await self._store.mark_step(entry_id, "upload")
             await self._thread.refresh(event.task_id)
-        if unsettled and not await self._settle(event.task_id, previous, "REJECT", event.at):
-            raise RetryLater(f"a decision on round {previous} from Slack is in flight")
+        for round_ in unsettled:
+            if not await self._settle(event.task_id, round_, "REJECT", event.at):
+                raise RetryLater(f"a decision on round {round_} from Slack is in flight")
+        # The requester hears each earlier decision before this round: those settled here,
+        # and the previous one when retrained quicker than a poll (no left_confirmation
+        # told it). Handled late, this event finds them told by the later round's.
         if event.type == EventType.ROUND_CHANGED:
-            # Retrained quicker than a poll: no left_confirmation told the previous decision.
-            await self._tell_decided(entry_id, event.task_id, previous)
+            earlier = sorted({*earlier, event.round - 1})
+        for round_ in earlier:
+            await self._tell_decided(event.task_id, round_)
 
         def ready(view: TaskView, where: messages.Where) -> messages.Payload | None:
             # As for the channel's call above: a round over when its event is handled late is
@@ -414,18 +425,21 @@ class Publisher:
     async def _left(self, entry_id: str, event: Event) -> None:
         if not await self._settle(event.task_id, event.round, operate_that_left(event), event.at):
             raise RetryLater("a decision from Slack is in flight")
-        await self._tell_decided(entry_id, event.task_id, event.round)
+        await self._tell_decided(event.task_id, event.round)
 
-    async def _tell_decided(self, entry_id: str, task_id: str, round_: int) -> None:
+    async def _tell_decided(self, task_id: str, round_: int) -> None:
+        """Tell the requester a round's decision once, whichever event gets there first (the
+        round's left_confirmation, the next round's event, a later one that settled it)."""
         decision = await self._store.decision(task_id, round_)
-        if decision is None:
+        if decision is None or await self._store.decision_told(task_id, round_):
             return
 
         def decided(view: TaskView, where: messages.Where) -> messages.Payload:
             assert decision is not None
             return messages.requester_decided(view, decision, where)
 
-        await self._tell_requester(entry_id, "dm:decided", task_id, decided)
+        await self._direct_message(task_id, decided)
+        await self._store.mark_decision_told(task_id, round_, time.time())
 
     async def _tell_requester(
         self,
@@ -434,11 +448,17 @@ class Publisher:
         task_id: str,
         build: Callable[[TaskView, messages.Where], messages.Payload | None],
     ) -> None:
-        """DM whoever tracked the task (a Slack user) once per event: its step is marked when
-        sent, when there is nothing to tell (`build` gives None), or when Slack will never
-        deliver it. Other Slack errors retry the event."""
+        """Tell the requester once per event: `step` is marked once told (or skipped)."""
         if not await self._to_do(entry_id, step):
             return
+        await self._direct_message(task_id, build)
+        await self._store.mark_step(entry_id, step)
+
+    async def _direct_message(
+        self, task_id: str, build: Callable[[TaskView, messages.Where], messages.Payload | None]
+    ) -> None:
+        """DM whoever tracked the task (a Slack user), unless `build` gives None. A message
+        Slack will never deliver is skipped; other Slack errors retry the event."""
         loaded = await self._store.view(task_id)
         if loaded is None or not messages.is_user(loaded.record.tracked_by):
             return
@@ -456,7 +476,6 @@ class Publisher:
                 record.tracked_by,
                 slack_error(error),
             )
-        await self._store.mark_step(entry_id, step)
 
     async def _settle(self, task_id: str, round_: int, moved_by: str | None, at: float) -> bool:
         """Tencent closed `round_`: make sure it is recorded, shown and told in the thread.

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # How long one process may hold the right to post a task's message or a reply. Longer than a
 # post takes, 429s waited out included; a process that dies holding it delays the post this long.
 POST_LOCK_SECONDS = 120.0
+# A message update is checked against the state once it landed, and sent again if the state
+# moved meanwhile; a few times at most, in case it keeps moving (the next event updates it).
+REFRESH_READS = 3
 THREAD_PAGES = 10  # of 200 messages: far more than a task's rounds, replies and videos
 
 
@@ -261,26 +264,49 @@ class Thread:
     async def has_file(self, record: TaskRecord, file_id: str) -> bool:
         """Whether the file `file_id` was shared into the task's thread (by a process that
         died before recording it). False when the thread cannot be read: upload anew."""
+        found = await self._find_in_thread(
+            record,
+            lambda message: any(f.get("id") == file_id for f in message.get("files") or []),
+            "a video shared before a crash",
+            "uploading anew",
+        )
+        return found is not None
+
+    async def _find_in_thread(
+        self,
+        record: TaskRecord,
+        match: Callable[[dict[str, Any]], bool],
+        looking_for: str,
+        otherwise: str,
+    ) -> dict[str, Any] | None:
+        """The first message of the task's thread that `match`es; None when there is none or
+        the thread cannot be read (logged: "cannot look for `looking_for` (...); `otherwise`")."""
         assert record.slack_channel and record.slack_ts
         cursor = None
         try:
             for _ in range(THREAD_PAGES):
                 answer = await self.client.conversations_replies(
-                    channel=record.slack_channel, ts=record.slack_ts, limit=200, cursor=cursor
+                    channel=record.slack_channel,
+                    ts=record.slack_ts,
+                    limit=200,
+                    cursor=cursor,
+                    include_all_metadata=True,
                 )
                 for message in answer.get("messages") or []:
-                    if any(f.get("id") == file_id for f in message.get("files") or []):
-                        return True
+                    if match(message):
+                        return dict(message)
                 cursor = (answer.get("response_metadata") or {}).get("next_cursor")
                 if not cursor:
-                    return False
+                    return None
         except SlackApiError as error:
             log.warning(
-                "task %s: cannot look for a video shared before a crash (%s); uploading anew",
+                "task %s: cannot look for %s (%s); %s",
                 record.task_id,
+                looking_for,
                 slack_error(error),
+                otherwise,
             )
-        return False
+        return None
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, name: str, doing: str) -> AsyncIterator[None]:
@@ -302,23 +328,32 @@ class Thread:
         return await self.store.get(task_id)
 
     async def refresh(self, task_id: str) -> None:
-        """Rebuild the parent message from the task's current state."""
-        loaded = await self.store.view(task_id)
-        if loaded is None:
-            return
-        record, view = loaded
-        if not (record.slack_channel and record.slack_ts):
-            return
-        try:
-            await self.client.chat_update(
-                channel=record.slack_channel, ts=record.slack_ts, **self._message(view)
-            )
-        except SlackApiError as error:
-            if slack_error(error) != "message_not_found":
-                raise
-            log.warning("task %s: its message was deleted; posting it again", task_id)
-            await self.store.clear_slack_message(task_id)
-            await self.ensure_parent(task_id)
+        """Rebuild the parent message from the task's current state. Slack keeps whichever
+        update lands last, and another process's (built from a newer state) may land before
+        ours: the state is read again once ours landed, and sent again if it changed."""
+        sent: dict[str, Any] | None = None
+        for _ in range(REFRESH_READS):
+            loaded = await self.store.view(task_id)
+            if loaded is None:
+                return
+            record, view = loaded
+            if not (record.slack_channel and record.slack_ts):
+                return
+            message = self._message(view)
+            if message == sent:
+                return
+            try:
+                await self.client.chat_update(
+                    channel=record.slack_channel, ts=record.slack_ts, **message
+                )
+            except SlackApiError as error:
+                if slack_error(error) != "message_not_found":
+                    raise
+                log.warning("task %s: its message was deleted; posting it again", task_id)
+                await self.store.clear_slack_message(task_id)
+                await self.ensure_parent(task_id)
+                return
+            sent = message
 
     def _message(self, view: TaskView) -> dict[str, Any]:
         """The task's message, saying how many approvals a round takes."""
@@ -346,8 +381,34 @@ class Thread:
                 return  # no message yet: told when it is posted
             if await self.store.decision_replied(task_id, round_):
                 return
-            ts = await self.reply(record, messages.decision_reply(decision))
+            # One posted by a process that lost Redis or died before recording it is found
+            # in the thread by its metadata, once its lock expired, and not posted again.
+            ts = await self._find_unrecorded_reply(record, round_)
+            if ts is None:
+                await self.store.mark_reply_posting(task_id, round_, time.time())
+                metadata = messages.decision_metadata(task_id, round_)
+                payload = messages.decision_reply(decision) | {"metadata": metadata}
+                ts = await self.reply(record, payload)
             await self.store.mark_decision_replied(task_id, round_, ts or "")
+
+    async def _find_unrecorded_reply(self, record: TaskRecord, round_: int) -> str | None:
+        """The ts of the round's decision reply a process posted and did not record."""
+        if not record.slack_ts or not await self.store.reply_posting(record.task_id, round_):
+            return None
+        found = await self._find_in_thread(
+            record,
+            lambda message: messages.replied_for(message, record.task_id, round_),
+            "a decision reply posted before a crash",
+            "posting anew",
+        )
+        if found is None:
+            return None
+        log.warning(
+            "task %s: round %d's decision reply was posted before a crash; not posting it again",
+            record.task_id,
+            round_,
+        )
+        return str(found["ts"])
 
     async def reply(
         self, record: TaskRecord, payload: dict[str, Any], *, broadcast: bool = False

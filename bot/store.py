@@ -129,7 +129,12 @@ def home_notice_key(user: str) -> str:
 
 
 def replies_key(task_id: str) -> str:
-    return f"{PREFIX}replies:{task_id}"  # hash: round -> ts of its decision's thread reply
+    # hash: round -> ts of its decision's thread reply; "round:posting" -> when one was sent
+    return f"{PREFIX}replies:{task_id}"
+
+
+def told_key(task_id: str) -> str:
+    return f"{PREFIX}told:{task_id}"  # hash: round -> when its requester was told its decision
 
 
 def lock_key(name: str) -> str:
@@ -686,6 +691,32 @@ class Store:
     async def mark_decision_replied(self, task_id: str, round_: int, ts: str) -> None:
         await self.redis.hset(replies_key(task_id), str(round_), ts)
 
+    async def decision_told(self, task_id: str, round_: int) -> bool:
+        """Whether the requester was sent the round's decision (by whichever event)."""
+        return bool(await self.redis.hexists(told_key(task_id), str(round_)))
+
+    async def mark_decision_told(self, task_id: str, round_: int, at: float) -> None:
+        await self.redis.hset(told_key(task_id), str(round_), repr(at))
+
+    async def mark_reply_posting(self, task_id: str, round_: int, since: float) -> None:
+        """A decision reply's post starts: if it is never recorded, look for it first."""
+        await self.redis.hset(replies_key(task_id), f"{round_}:posting", repr(since))
+
+    async def reply_posting(self, task_id: str, round_: int) -> bool:
+        return bool(await self.redis.hexists(replies_key(task_id), f"{round_}:posting"))
+
+    async def rounds_unreplied(self, task_id: str, before: int) -> list[int]:
+        """The rounds before `before` seen waiting (by the poller, or shown by a publisher)
+        whose decision has no thread reply yet, oldest first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hkeys(ready_key(task_id))
+            pipe.hkeys(demos_key(task_id))
+            pipe.hkeys(replies_key(task_id))
+            ready, shown, fields = await pipe.execute()
+        replied = {int(_text(f)) for f in fields if _text(f).isdigit()}  # not "N:posting"
+        seen = {int(_text(r)) for r in [*ready, *shown]} - replied
+        return sorted(r for r in seen if r < before)
+
     async def all_demos(self, task_id: str) -> dict[int, list[str]]:
         """Every round's demo links, as the bot showed them."""
         raw = await self.redis.hgetall(demos_key(task_id))
@@ -956,6 +987,7 @@ def _task_keys(task_id: str) -> tuple[str, ...]:
         replies_key(task_id),
         votes_key(task_id),
         ready_key(task_id),
+        told_key(task_id),
     )
 
 

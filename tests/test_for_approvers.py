@@ -333,6 +333,29 @@ async def test_a_round_handled_after_the_next_one_is_not_told_ready_to_the_reque
         assert ready == ["round 1 is ready for a decision", "round 3 is ready for a decision"]
 
 
+async def test_a_requester_hears_each_decision_once_and_before_the_round_after_it(
+    sim, fake, redis_url, caplog
+):
+    """Round 2's event, handled late, told "round 1 decided" after "round 3 is ready", and
+    round 2's rejection (in Tencent's console) was never told at all."""
+    caplog.set_level(logging.INFO, logger="bot.publisher")
+    async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=5) as bot:
+        task = sim.sim.create_task()
+        await bot.track(task.task_id, requester="U0REQ")
+        await bot.posted(task.task_id)
+        await bot.until(bot.published)
+
+        await handle_round_two_after_round_three(bot, task.task_id, caplog)
+
+        told = [m.text.rsplit(": ", 1)[-1] for m in fake.direct_messages("U0REQ")]
+        assert told == [
+            "round 1 is ready for a decision",
+            "round 1 decided outside Slack",
+            "round 2 decided outside Slack",
+            "round 3 is ready for a decision",
+        ]
+
+
 async def test_a_requester_must_be_a_slack_user_id(bot: Bot):
     answer = await bot.http.post(
         "/tasks",

@@ -632,6 +632,33 @@ async def test_a_round_handled_after_the_next_one_is_shown_as_its_own(sim, fake,
         assert told == ["Round 3 is ready for a decision"]  # round 2 was over when handled
 
 
+async def test_rounds_decided_while_their_events_were_late_are_each_told_once_in_order(
+    sim, fake, redis_url, caplog
+):
+    """Round 2's event failed while telling round 1's decision, before it noted round 2 as
+    shown; round 3's event then settled only a round 2 it knew of (none), and the late event
+    told round 1 last: round 2, rejected in Tencent's console, was never told in the thread,
+    and round 1's decision came after "Round 3 is ready"."""
+    caplog.set_level(logging.INFO, logger="bot.publisher")
+    async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=5) as bot:
+        task = sim.sim.create_task()
+        await bot.track(task.task_id)
+        record = await bot.posted(task.task_id)
+        await bot.until(bot.published)
+
+        await handle_round_two_after_round_three(bot, task.task_id, caplog)
+
+        replies = [m.text for m in bot.thread(record) if not m.files]
+        assert replies == [
+            "Round 1 decided outside Slack",
+            "Round 2 decided outside Slack",
+            "Round 3 is ready for a decision",
+        ]
+        loaded = await bot.store.view(task.task_id)
+        assert loaded is not None
+        assert [d.round for d in loaded.view.decisions] == [1, 2]
+
+
 async def test_a_payload_slack_refuses_is_logged_with_its_reason_and_not_retried(bot: Bot, caplog):
     """invalid_blocks says the payload itself is wrong: sending it again cannot help."""
     bot.fake.fail(
