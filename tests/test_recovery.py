@@ -105,34 +105,39 @@ async def test_a_publisher_whose_event_was_taken_over_mid_upload_does_not_share(
     back. Here one publisher's upload is held at Slack until the event is taken from it (as
     when its claim went unrenewed for EVENT_RECLAIM_SECONDS: a stalled process, or Redis out
     of its reach) and the other publisher has shared the video. Broken (the file id noted with
-    mark_step, whoever held the event) the slow one shared it too: two videos in the thread."""
+    mark_step, whoever held the event) the slow one shared it too: two videos in the thread.
+
+    The slow publisher starts alone, so it is the one that reads the event. Its claim is then
+    made one second old: past the other publisher's reclaim time (1 s) and far from its own
+    (a minute), so only the other can take it, whichever looks first (both looked at once
+    before, and the slow one taking its own event back left the test waiting)."""
     from tests.harness import run_bot
 
     caplog.set_level(logging.INFO, logger="bot.publisher")
-    async with run_bot(sim, fake, redis_url) as one, run_bot(sim, fake, redis_url):
-        fake.hold("upload")  # the first upload's bytes, whichever publisher sends them
+    async with run_bot(sim, fake, redis_url) as one:
+        fake.hold("upload")  # the first upload's bytes: the slow publisher's
         task = sim.sim.create_task()
         await one.track(task.task_id)
-        await fake.wait_for("upload")
+        await fake.wait_for("upload", within=30)
         [(entry, _)] = [(i, e) for i, e in await one.store.events() if e.demo_urls]
         redis = one.store.redis
-        # Taken from the slow publisher and reclaimable at once: the other one takes it.
-        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [entry], idle=3_600_000)
-        record = await one.posted(task.task_id)  # the other publisher shared the video
+        await redis.xclaim(EVENTS_STREAM, PUBLISHERS, "dead", 0, [entry], idle=1_000)
+        async with run_bot(sim, fake, redis_url, EVENT_RECLAIM_SECONDS=1.0):
+            record = await one.posted(task.task_id, within=60)  # the other one shared it
 
-        def videos() -> list:
-            return [m for m in one.thread(record) if m.files]
+            def videos() -> list:
+                return [m for m in one.thread(record) if m.files]
 
-        assert len(videos()) == 1
-        fake.release("upload")
+            assert len(videos()) == 1
+            fake.release("upload")
 
-        async def slow_one_done() -> bool:
-            stopped = "taken over by another publisher; video:1 not shared" in caplog.text
-            return stopped or len(videos()) > 1
+            async def slow_one_done() -> bool:
+                stopped = "taken over by another publisher; video:1 not shared" in caplog.text
+                return stopped or len(videos()) > 1
 
-        await one.until(slow_one_done)
-        assert len(videos()) == 1
-        assert len(fake.calls_to("files.completeUploadExternal")) == 1
+            await one.until(slow_one_done, within=60)
+            assert len(videos()) == 1
+            assert len(fake.calls_to("files.completeUploadExternal")) == 1
 
 
 async def test_a_round_settled_while_its_decider_records_is_acknowledged_at_once(bot: Bot):
