@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from redis.exceptions import RedisError
@@ -129,6 +129,7 @@ class Publisher:
         reclaim_after: float = RECLAIM_IDLE_MS / 1000,
         settle_after: float = SETTLE_AFTER,
         consumer: str | None = None,
+        renewal_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._thread = thread
@@ -142,6 +143,8 @@ class Publisher:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self.reclaim_idle_ms = int(reclaim_after * 1000)
         self.settle_after = settle_after
+        # How the claim on an event in hand waits between renewals: tests pass one they step.
+        self.renewal_sleep = renewal_sleep
 
     async def run(self) -> None:
         group_ready = False
@@ -246,7 +249,7 @@ class Publisher:
 
     async def _keep_owned(self, entry_id: str) -> None:
         while True:
-            await asyncio.sleep(self.reclaim_idle_ms / 3000)
+            await self.renewal_sleep(self.reclaim_idle_ms / 3000)
             try:
                 if not await self._store.keep_owned(entry_id, self._consumer):
                     log.warning("event %s: taken over by another publisher", entry_id)

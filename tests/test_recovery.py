@@ -11,6 +11,7 @@ import pytest
 
 from bot.events import Event, EventType, operate_that_left
 from bot.store import EVENTS_STREAM, PUBLISHERS, Claim
+from tests.conftest import wait_for
 from tests.harness import Bot
 
 
@@ -75,25 +76,75 @@ async def test_a_stale_claim_that_does_not_match_is_decided_elsewhere(bot: Bot):
     await bot.until(elsewhere)
 
 
+class Stepped:
+    """A publisher's wait between renewals of its claim that returns only when stepped: each
+    step stands for that wait having passed, however busy this machine is."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, asyncio.Task[object] | None, asyncio.Event]] = []
+
+    async def __call__(self, seconds: float) -> None:
+        gate = asyncio.Event()
+        self.calls.append((seconds, asyncio.current_task(), gate))
+        await gate.wait()
+
+    def parked(self) -> list[tuple[float, asyncio.Event]]:
+        """The waits in progress (those of events already handled were cancelled)."""
+        return [
+            (seconds, gate)
+            for seconds, task, gate in self.calls
+            if not gate.is_set() and task is not None and not task.done()
+        ]
+
+
 async def test_a_slow_upload_is_not_taken_over_by_another_publisher(sim, fake, redis_url):
-    """Two replicas; one upload stays in flight for five reclaim timeouts. The publisher
-    renews its claim every third of EVENT_RECLAIM_SECONDS: at 0.3 s a pause of this process
-    longer than 0.2 s (another process using the CPU) let the other replica take the event
-    over, which this test would count as a failure; at 1 s such a pause must pass 0.6 s."""
+    """Two replicas; one upload stays in flight through five renewal periods. Its publisher
+    renews its claim every third of EVENT_RECLAIM_SECONDS, so the event never looks idle
+    long enough for the other publisher to take it over and upload again.
+
+    Time is stepped, not waited for: each step ages the claim in Redis by half the reclaim
+    time (a minute), as if that long had passed, then lets the renewal wait end. A renewal
+    makes the claim young again; without one, it stays old."""
     from tests.harness import run_bot
 
-    fast = {"EVENT_RECLAIM_SECONDS": 1.0}
-    async with run_bot(sim, fake, redis_url, **fast) as one, run_bot(sim, fake, redis_url, **fast):
+    renewals = Stepped()
+    async with run_bot(sim, fake, redis_url) as one, run_bot(sim, fake, redis_url) as two:
+        for bot in (one, two):
+            assert bot.runtime.slack is not None
+            bot.runtime.slack.publisher.renewal_sleep = renewals
+        assert one.runtime.slack is not None
+        reclaim_ms = one.runtime.slack.publisher.reclaim_idle_ms
         fake.hold("upload")
         task = sim.sim.create_task()
         await one.track(task.task_id)
-        await fake.wait_for("upload")
-        # What is checked is that nothing happens while the bytes are in flight: the
-        # other replica must not reclaim the event and upload again. Time has to pass.
-        await asyncio.sleep(5)
+        await fake.wait_for("upload", within=30)
+        [entry] = [i for i, e in await one.store.events() if e.demo_urls]
+        redis = one.store.redis
+
+        async def claim() -> tuple[str, int]:
+            [pending] = await redis.xpending_range(EVENTS_STREAM, PUBLISHERS, entry, entry, 1)
+            return pending["consumer"], pending["time_since_delivered"]
+
+        holder, _ = await claim()
+        for _period in range(5):
+            await wait_for(lambda: len(renewals.parked()) == 1, 30, "a renewal waits")
+            [(seconds, gate)] = renewals.parked()
+            assert seconds <= reclaim_ms / 3000
+            aged = reclaim_ms // 2
+            await redis.xclaim(
+                EVENTS_STREAM, PUBLISHERS, holder, 0, [entry], idle=aged, justid=True
+            )
+            gate.set()
+
+            def renewed_and_waiting(gate: asyncio.Event = gate) -> bool:
+                return any(g is not gate for _, g in renewals.parked())
+
+            await wait_for(renewed_and_waiting, 30, "the next renewal waits")
+            owner, idle = await claim()
+            assert owner == holder and idle < aged  # renewed: young again
         assert len(fake.calls_to("files.getUploadURLExternal")) == 1
         fake.release("upload")
-        record = await one.posted(task.task_id)
+        record = await one.posted(task.task_id, within=60)
         assert len([m for m in one.thread(record) if m.files]) == 1
         assert len(fake.calls_to("files.getUploadURLExternal")) == 1
 
