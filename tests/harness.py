@@ -241,10 +241,10 @@ class Bot:
         assert record is not None
         return record
 
-    async def until(self, check: Any, within: float = 10.0) -> None:
+    async def until(self, check: Any, within: float = 30.0) -> None:
         await wait_for(check, within)
 
-    async def posted(self, task_id: str, within: float = 10.0) -> TaskRecord:
+    async def posted(self, task_id: str, within: float = 30.0) -> TaskRecord:
         """Wait until the task's parent message exists and its video step is finished."""
 
         async def ready() -> bool:
