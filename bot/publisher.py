@@ -128,6 +128,7 @@ class Publisher:
         video_time_limit: float,
         reclaim_after: float = RECLAIM_IDLE_MS / 1000,
         settle_after: float = SETTLE_AFTER,
+        decider_wait: float = DECIDER_WAIT,
         consumer: str | None = None,
         renewal_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
@@ -143,6 +144,7 @@ class Publisher:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self.reclaim_idle_ms = int(reclaim_after * 1000)
         self.settle_after = settle_after
+        self.decider_wait = decider_wait
         # How the claim on an event in hand waits between renewals: tests pass one they step.
         self.renewal_sleep = renewal_sleep
 
@@ -482,9 +484,9 @@ class Publisher:
     async def _decider_finished(self, task_id: str, round_: int) -> Claim | None:
         """The round's claim, once a decider at work on it has finished (it records the
         decision, then gives the claim back): the poller often sees Tencent move on while the
-        decider is still recording. Waits at most DECIDER_WAIT; a claim still held then (or
-        kept on purpose, its call's outcome unknown) is returned as it is."""
-        deadline = time.monotonic() + DECIDER_WAIT
+        decider is still recording. Waits at most `decider_wait` s; a claim still held then
+        (or kept on purpose, its call's outcome unknown) is returned as it is."""
+        deadline = time.monotonic() + self.decider_wait
         pause = 0.02
         while True:
             claim = await self._store.current_claim(task_id, round_)
