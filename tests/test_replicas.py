@@ -25,7 +25,7 @@ import pytest
 
 from bot.sim import RunningSimulator
 from bot.sim.state import Fault
-from bot.store import EVENTS_STREAM, claim_key, lock_key, parent_lock, rate_key
+from bot.store import EVENTS_STREAM, PUBLISHERS, claim_key, lock_key, parent_lock, rate_key
 from handlers.guard import UNAVAILABLE
 from tests.cluster import Cluster, blocks_text, button_values
 from tests.conftest import RedisProcess, busiest_window, grants_at_redis, wait_for
@@ -527,9 +527,17 @@ async def test_after_a_redis_restart_every_task_is_polled_again_promptly(
     c = await cluster(2, redis=own_redis.url)
     ids = [c.sim.sim.create_task(train_seconds=3600).task_id for _ in range(10)]
     await asyncio.gather(*(c.track(task_id, n % 2) for n, task_id in enumerate(ids)))
-    await asyncio.sleep(0.5)  # every task is being read every 0.3 s
+
+    def all_read() -> bool:  # and read every 0.3 s from now on
+        return set(ids) <= {r["task_id"] for r in c.sim.sim.requests}
+
+    await wait_for(all_read, 30, "every task read")
+
+    async def all_unhealthy() -> bool:
+        return not any(await asyncio.gather(*(r.healthy() for r in c.replicas)))
+
     own_redis.stop()
-    await asyncio.sleep(1)
+    await wait_for(all_unhealthy, 30, "both replicas report Redis down")
     own_redis.start()
     await c.redis.connection_pool.disconnect()
     await c.wait_healthy(c.replicas, within=20)
@@ -539,7 +547,8 @@ async def test_after_a_redis_restart_every_task_is_polled_again_promptly(
         read = {r["task_id"] for r in c.sim.sim.requests if r["t"] > back}
         return [task_id for task_id in ids if task_id not in read]
 
-    await wait_for(lambda: not unread(), 2, "every task read again", detail=lambda: str(unread()))
+    # Promptly: within 30 s, where the bug left tasks unread for their 2-minute lease.
+    await wait_for(lambda: not unread(), 30, "every task read again", detail=lambda: str(unread()))
 
 
 async def test_a_replica_started_while_redis_is_down_waits_for_it(
@@ -551,9 +560,15 @@ async def test_a_replica_started_while_redis_is_down_waits_for_it(
     crashed and the process exited, with status 0."""
     own_redis.stop()
     c = await cluster(1, redis=own_redis.url, wait=False)
-    await asyncio.sleep(3)  # started, and failing to reach Redis
-    own_redis.start()
     [replica] = c.replicas
+
+    def waiting_for_redis() -> bool:  # or exited, as it did with the bug
+        log = replica.log_text()
+        loops = ("poller: Redis unavailable", "publisher: Redis unavailable")
+        return not replica.alive or all(loop in log for loop in loops)
+
+    await wait_for(waiting_for_redis, 30, "the loops failing to reach Redis", every=0.2)
+    own_redis.start()
     assert replica.alive, f"exited with status {replica.process.returncode}:\n{replica.tail()}"
     await wait_for(replica.healthy, 30, "healthy once Redis is back", every=0.2)
 
@@ -567,8 +582,13 @@ async def test_an_event_this_version_cannot_read_does_not_stop_the_replicas(
     await c.wait_posted(first.task_id)
     newer = {"type": "needs_review", "task_id": first.task_id, "round": 1, "at": time.time()}
     fields = {"type": "needs_review", "task_id": first.task_id, "event": json.dumps(newer)}
-    await c.redis.xadd(EVENTS_STREAM, fields)  # as a newer replica would
-    await asyncio.sleep(2.5)  # read by one replica, then reclaimed by the other
+    entry = await c.redis.xadd(EVENTS_STREAM, fields)  # as a newer replica would
+
+    async def read_twice() -> bool:  # read by one replica, then reclaimed
+        [pending] = await c.redis.xpending_range(EVENTS_STREAM, PUBLISHERS, entry, entry, 1)
+        return pending["times_delivered"] >= 2
+
+    await wait_for(read_twice, 30, "the event read, then reclaimed", detail=c.tails)
     for replica in c.replicas:
         assert replica.alive, f"{replica.name} exited with status {replica.process.returncode}"
 
