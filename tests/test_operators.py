@@ -80,8 +80,11 @@ async def test_metrics_count_polls_decisions_slack_errors_and_stages(bot: Bot):
 
 
 async def test_readyz_says_ready_and_healthz_stays_liveness(bot: Bot):
+    async def loops_started() -> bool:  # the bot fixture returns as its loops are created
+        return (await bot.http.get("/readyz")).status_code == 200
+
+    await wait_for(loops_started, what="ready")
     ready = await bot.http.get("/readyz")
-    assert ready.status_code == 200
     assert ready.json() == {"redis": True, "loops": True, "slack": True}
 
 
