@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from redis.exceptions import RedisError
@@ -129,7 +129,9 @@ class Publisher:
         video_time_limit: float,
         reclaim_after: float = RECLAIM_IDLE_MS / 1000,
         settle_after: float = SETTLE_AFTER,
+        decider_wait: float = DECIDER_WAIT,
         consumer: str | None = None,
+        renewal_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._thread = thread
@@ -143,6 +145,9 @@ class Publisher:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self.reclaim_idle_ms = int(reclaim_after * 1000)
         self.settle_after = settle_after
+        self.decider_wait = decider_wait
+        # How the claim on an event in hand waits between renewals: tests pass one they step.
+        self.renewal_sleep = renewal_sleep
 
     async def run(self) -> None:
         group_ready = False
@@ -247,7 +252,7 @@ class Publisher:
 
     async def _keep_owned(self, entry_id: str) -> None:
         while True:
-            await asyncio.sleep(self.reclaim_idle_ms / 3000)
+            await self.renewal_sleep(self.reclaim_idle_ms / 3000)
             try:
                 if not await self._store.keep_owned(entry_id, self._consumer):
                     log.warning("event %s: taken over by another publisher", entry_id)
@@ -498,9 +503,9 @@ class Publisher:
     async def _decider_finished(self, task_id: str, round_: int) -> Claim | None:
         """The round's claim, once a decider at work on it has finished (it records the
         decision, then gives the claim back): the poller often sees Tencent move on while the
-        decider is still recording. Waits at most DECIDER_WAIT; a claim still held then (or
-        kept on purpose, its call's outcome unknown) is returned as it is."""
-        deadline = time.monotonic() + DECIDER_WAIT
+        decider is still recording. Waits at most `decider_wait` s; a claim still held then
+        (or kept on purpose, its call's outcome unknown) is returned as it is."""
+        deadline = time.monotonic() + self.decider_wait
         pause = 0.02
         while True:
             claim = await self._store.current_claim(task_id, round_)

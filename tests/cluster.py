@@ -391,7 +391,7 @@ class Cluster:
         """Every event so far was delivered to a publisher and acknowledged."""
         return await events_published(self.redis)
 
-    async def wait_finished(self, task_id: str, what: str, within: float = 15) -> None:
+    async def wait_finished(self, task_id: str, what: str, within: float = 30) -> None:
         """Until the task's message is posted and every event so far is acknowledged."""
 
         async def finished() -> bool:
@@ -399,7 +399,7 @@ class Cluster:
 
         await wait_for(finished, within, what, detail=self.tails)
 
-    async def wait_posted(self, task_id: str, within: float = 20) -> TaskRecord:
+    async def wait_posted(self, task_id: str, within: float = 30) -> TaskRecord:
         await wait_for(lambda: self.posted(task_id), within, f"{task_id} posted", detail=self.tails)
         record = await self.store.get(task_id)
         assert record is not None

@@ -229,7 +229,7 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 async def wait_for(
     condition: Callable[[], Awaitable[Any] | Any],
-    within: float = 10.0,
+    within: float = 30.0,
     what: str = "condition",
     *,
     every: float = 0.01,

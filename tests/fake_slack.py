@@ -229,7 +229,7 @@ class FakeSlack:
         replies = [m for m in self.messages.values() if m.channel == channel and m.thread_ts == ts]
         return sorted((m for m in replies if m.ts != ts), key=lambda m: float(m.ts))
 
-    async def wait_for(self, method: str, count: int = 1, within: float = 5.0) -> list[Call]:
+    async def wait_for(self, method: str, count: int = 1, within: float = 30.0) -> list[Call]:
         """Wait until `count` calls to `method` have arrived; TimeoutError after `within` s."""
         async with asyncio.timeout(within):
             while len(self.calls_to(method)) < count:
@@ -244,7 +244,7 @@ class FakeSlack:
         payload: Args,
         *,
         accepts_response_payload: bool = True,
-        within: float = 5.0,
+        within: float = 30.0,
     ) -> Args:
         """Send an envelope ("slash_commands", "interactive", "events_api") to the newest
         connected client and return its ack: {"envelope_id": ..., "payload"?: ...}.

@@ -241,16 +241,16 @@ class Bot:
         assert record is not None
         return record
 
-    async def until(self, check: Any, within: float = 10.0) -> None:
+    async def until(self, check: Any, within: float = 30.0) -> None:
         await wait_for(check, within)
 
-    async def posted(self, task_id: str) -> TaskRecord:
+    async def posted(self, task_id: str, within: float = 30.0) -> TaskRecord:
         """Wait until the task's parent message exists and its video step is finished."""
 
         async def ready() -> bool:
             return await task_posted(self.store, task_id) and await self.published()
 
-        await self.until(ready)
+        await self.until(ready, within)
         return await self.record(task_id)
 
     async def published(self) -> bool:

@@ -34,7 +34,7 @@ async def test_metrics_count_polls_decisions_slack_errors_and_stages(bot: Bot):
     task = bot.sim.sim.create_task(deliver_seconds=3600)
     bot.fake.fail("chat.postMessage", status=429, retry_after=0)  # waited out and retried
     await bot.track(task.task_id)
-    record = await bot.posted(task.task_id)
+    record = await bot.posted(task.task_id, within=30)
     waiting = await scrape(bot)
     assert value(waiting, "ivh_approvals_tasks", stage="CONFIRM", status="WAIT_PROCESS") == 1
     polls = value(waiting, "ivh_approvals_ivh_requests_total", action="getprogress", code="0")
@@ -54,11 +54,20 @@ async def test_metrics_count_polls_decisions_slack_errors_and_stages(bot: Bot):
     value_ = json.dumps({"task": task.task_id, "round": 1}, separators=(",", ":"))
     await bot.click("approve", value_)
 
-    async def delivering() -> bool:
+    # The poller can see Tencent move on before the decider has recorded (and counted) the
+    # decision, and the simulator moves on before the client counts its answer: wait for
+    # every count to arrive, then check that each arrived once.
+    async def counted() -> bool:
         found = await scrape(bot)
-        return value(found, "ivh_approvals_tasks", stage="CONFIRM", status="PROCESSING") == 1
+        return (
+            value(found, "ivh_approvals_tasks", stage="CONFIRM", status="PROCESSING") == 1
+            and value(found, "ivh_approvals_decisions_total", operate="AGREE", source="slack") > 0
+            and value(found, "ivh_approvals_decision_seconds_count") > 0
+            and value(found, "ivh_approvals_ivh_request_seconds_count", action="customerconfirm")
+            > 0
+        )
 
-    await wait_for(delivering)
+    await wait_for(counted, within=30, what="the decision counted")
     found = await scrape(bot)
     assert value(found, "ivh_approvals_tasks", stage="CONFIRM", status="WAIT_PROCESS") == 0
     assert value(found, "ivh_approvals_decisions_total", operate="AGREE", source="slack") == 1
@@ -71,8 +80,11 @@ async def test_metrics_count_polls_decisions_slack_errors_and_stages(bot: Bot):
 
 
 async def test_readyz_says_ready_and_healthz_stays_liveness(bot: Bot):
+    async def loops_started() -> bool:  # the bot fixture returns as its loops are created
+        return (await bot.http.get("/readyz")).status_code == 200
+
+    await wait_for(loops_started, what="ready")
     ready = await bot.http.get("/readyz")
-    assert ready.status_code == 200
     assert ready.json() == {"redis": True, "loops": True, "slack": True}
 
 

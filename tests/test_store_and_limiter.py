@@ -169,27 +169,28 @@ async def test_a_priority_caller_does_not_queue_behind_reserved_slots(redis):
 
 async def test_background_callers_are_refused_while_a_priority_slot_is_reserved(redis):
     """A poll whose slot comes while a confirmation waits for its own slot is refused and
-    reserves again (broken: it went first, taking the grant the confirmation needed)."""
-    rate = 5.0  # slots 0.21 s apart: far longer than this test's steps
-    sleeping, released = asyncio.Event(), asyncio.Event()
+    reserves again (broken: it went first, taking the grant the confirmation needed).
+
+    The confirmations' limiter is slow (priority slots about 18 minutes apart), so the second
+    one's slot stays reserved however long this process is paused; the polls' limiter is
+    fast (5 grants a second), so the grant budget has room for the poll: only the reserved
+    priority slot can refuse it."""
+    users_told: list[float] = []
     polls_told: list[float] = []
-
-    async def held(seconds: float) -> None:
-        sleeping.set()
-        await released.wait()
-
-    async def note(seconds: float) -> None:
-        polls_told.append(seconds)
-
-    users = RedisRateLimiter(redis, rate_key("test"), rate, sleep=held)
-    polls = RedisRateLimiter(redis, rate_key("test"), rate, sleep=note)
+    users = RedisRateLimiter(redis, rate_key("test"), 0.001, sleep=parked_in(users_told))
+    polls = RedisRateLimiter(redis, rate_key("test"), 5.0, sleep=parked_in(polls_told))
     await users.acquire(priority=True)  # the first priority slot: sent at once
-    waiting = asyncio.create_task(users.acquire(priority=True))  # the next: held in its sleep
-    await asyncio.wait_for(sleeping.wait(), 5)
-    await asyncio.wait_for(polls.acquire(), 5)
-    assert len(polls_told) >= 1  # refused at least once: it had to reserve a later slot
-    released.set()
-    await asyncio.wait_for(waiting, 5)
+    waiting = asyncio.create_task(users.acquire(priority=True))  # the next: parked in its sleep
+    await wait_for(lambda: users_told, within=30, what="the confirmation waits")
+    asking = asyncio.create_task(polls.acquire())
+    try:
+        await wait_for(lambda: polls_told or asking.done(), within=30, what="the poll answered")
+        assert not asking.done(), "the poll was granted while a priority slot was reserved"
+        assert len(polls_told) == 1  # refused at its free slot, it reserved the next one
+    finally:
+        for caller in (waiting, asking):
+            caller.cancel()
+        await asyncio.gather(waiting, asking, return_exceptions=True)
 
 
 async def test_history_is_trimmed_to_its_cap(store: Store):
