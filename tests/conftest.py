@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -251,53 +252,56 @@ async def wait_for(
 
 
 @contextlib.asynccontextmanager
-async def grants_at_redis(redis: Redis, key: str) -> AsyncIterator[list[int]]:
-    """Every send the rate limiter at `key` grants while inside, as the microsecond on Redis's
-    clock at which it was granted (each grant pushes that time onto `key:sent`; MONITOR shows
-    the push, from whichever process asked). The grants are decided on that clock, so counting
-    them per window checks the limiter's rule whatever the load on this machine; when requests
-    then reach a server is a figure for bench/, not a rule."""
-    sent, marker = limiter_keys(key).grants, f"{key}:grants-seen"  # the marker is no key
-    grants: list[int] = []
-    async with redis.monitor() as monitor:
-
-        async def collect() -> None:
-            async for info in monitor.listen():
-                words = info["command"].split(" ")
-                if words[:2] == ["LPUSH", sent]:
-                    grants.append(int(words[2]))
-                elif words[:2] == ["ECHO", marker]:
-                    return
-
-        reader = asyncio.create_task(collect())
-        try:
-            yield grants
-        finally:
-            await redis.echo(marker)  # seen after every command sent before it
-            await asyncio.wait_for(reader, 10)
-
-
-@contextlib.asynccontextmanager
-async def commands_at_redis(redis: Redis) -> AsyncIterator[list[str]]:
-    """The commands clients send Redis while inside, each as MONITOR shows it ("EVALSHA ...");
-    not those a Lua script runs: what a process killed between two of them leaves done."""
-    marker = "commands-seen"
-    commands: list[str] = []
+async def _monitored(redis: Redis, seen: Callable[[dict[str, Any]], None]) -> AsyncIterator[None]:
+    """Hand `seen` everything MONITOR shows while inside, up to the last command sent."""
+    marker = f"monitor-done-{uuid.uuid4().hex}"
     async with redis.monitor() as monitor:
 
         async def collect() -> None:
             async for info in monitor.listen():
                 if info["command"] == f"ECHO {marker}":
                     return
-                if info["client_type"] != "lua":
-                    commands.append(info["command"])
+                seen(info)
 
         reader = asyncio.create_task(collect())
         try:
-            yield commands
+            yield
         finally:
             await redis.echo(marker)  # seen after every command sent before it
             await asyncio.wait_for(reader, 10)
+
+
+@contextlib.asynccontextmanager
+async def grants_at_redis(redis: Redis, key: str) -> AsyncIterator[list[int]]:
+    """Every send the rate limiter at `key` grants while inside, as the microsecond on Redis's
+    clock at which it was granted (each grant pushes that time onto `key:sent`; MONITOR shows
+    the push, from whichever process asked). The grants are decided on that clock, so counting
+    them per window checks the limiter's rule whatever the load on this machine; when requests
+    then reach a server is a figure for bench/, not a rule."""
+    sent = limiter_keys(key).grants
+    grants: list[int] = []
+
+    def seen(info: dict[str, Any]) -> None:
+        words = info["command"].split(" ")
+        if words[:2] == ["LPUSH", sent]:
+            grants.append(int(words[2]))
+
+    async with _monitored(redis, seen):
+        yield grants
+
+
+@contextlib.asynccontextmanager
+async def commands_at_redis(redis: Redis) -> AsyncIterator[list[str]]:
+    """The commands clients send Redis while inside, each as MONITOR shows it ("EVALSHA ...");
+    not those a Lua script runs: what a process killed between two of them leaves done."""
+    commands: list[str] = []
+
+    def seen(info: dict[str, Any]) -> None:
+        if info["client_type"] != "lua":
+            commands.append(info["command"])
+
+    async with _monitored(redis, seen):
+        yield commands
 
 
 def busiest_window(grants: list[int], rate: float) -> int:
