@@ -287,6 +287,20 @@ class Bot:
         )
         return await self.send(payload, **kw)
 
+    async def reject_form(self, value: str, user: str = "U0ALICE", *, home: bool = False) -> dict:
+        """Click Reject (in the channel, or with `home` on the App Home); the form Slack was
+        asked to open for that very click."""
+        await self.click("reject", value, user, home=home)
+        trigger = f"trigger-{self.trigger}"
+
+        def opened() -> list[Any]:
+            calls = self.fake.calls_to("views.open")
+            return [call for call in calls if call.args.get("trigger_id") == trigger]
+
+        await self.until(lambda: bool(opened()))
+        view = opened()[0].args["view"]
+        return json.loads(view) if isinstance(view, str) else view
+
     async def open_home(self, user: str = "U0ALICE", *, tab: str = "home"):
         body = json.dumps(home_opened(self.fake.team_id, user, tab=tab))
         headers = slack_headers(body, content_type="application/json")

@@ -78,10 +78,7 @@ async def test_the_home_lists_the_rounds_waiting_oldest_first_and_approve_works(
 async def test_reject_from_the_home_opens_the_form_and_answers_on_the_home(bot: Bot):
     task_id = await waiting_task(bot, "Cy, voice")
     await open_home(bot, "U0BO")
-    await bot.click("reject", home_button(bot, "U0BO", "reject", task_id), "U0BO", home=True)
-    [call] = await bot.fake.wait_for("views.open")
-    view = call.args["view"]
-    view = json.loads(view) if isinstance(view, str) else view
+    view = await bot.reject_form(home_button(bot, "U0BO", "reject", task_id), "U0BO", home=True)
     assert messages.form_origin(view["private_metadata"]) == "home"
     answer = await bot.submit_reason(view["private_metadata"], "green outline", user="U0BO")
     assert answer.status_code == 200
@@ -209,10 +206,7 @@ async def test_an_open_home_follows_a_rejection_into_round_two(bot: Bot):
     record = await bot.posted(task.task_id)
     await open_home(bot, "U0VIEW")
     await bot.until(lambda: settled(bot))
-    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
-    [call] = await bot.fake.wait_for("views.open")
-    view = call.args["view"]
-    view = json.loads(view) if isinstance(view, str) else view
+    view = await bot.reject_form(button_values(bot.parent(record))["reject"], "U0BO")
     await bot.submit_reason(view["private_metadata"], "green outline", user="U0BO")
     await bot.until(lambda: shows(bot, "U0VIEW", "Rejected by <@U0BO>", "Waiting for you (0)"))
     await bot.until(lambda: settled(bot))

@@ -121,10 +121,7 @@ async def test_one_reject_decides_at_once_and_the_next_round_starts_without_vote
         await bot.click("approve", round_one["approve"], user="U0ANA")
         await bot.until(lambda: _ephemeral_to(bot, "U0ANA", "counted: 1 of 2"))
 
-        await bot.click("reject", round_one["reject"], user="U0BO")
-        [call] = await bot.fake.wait_for("views.open")
-        view = call.args["view"]
-        view = json.loads(view) if isinstance(view, str) else view
+        view = await bot.reject_form(round_one["reject"], "U0BO")
         await bot.submit_reason(view["private_metadata"], "green outline", user="U0BO")
 
         async def round_two_posted() -> bool:
@@ -188,10 +185,7 @@ async def test_a_rejection_sends_its_category_and_timecode_and_keeps_the_categor
     task = bot.sim.sim.create_task()
     await bot.track(task.task_id)
     record = await bot.posted(task.task_id)
-    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
-    [call] = await bot.fake.wait_for("views.open")
-    form = call.args["view"]
-    form = json.loads(form) if isinstance(form, str) else form
+    form = await bot.reject_form(button_values(bot.parent(record))["reject"], "U0BO")
     [menu] = [b["element"] for b in form["blocks"] if b.get("block_id") == "category"]
     offered = [option["value"] for option in menu["options"]]
     assert menu["type"] == "static_select" and offered[0] == "Lip sync" and "Other" in offered
@@ -245,10 +239,7 @@ async def test_categories_are_a_setting(sim, fake, redis_url):
         task = bot.sim.sim.create_task()
         await bot.track(task.task_id)
         record = await bot.posted(task.task_id)
-        await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
-        [call] = await bot.fake.wait_for("views.open")
-        form = call.args["view"]
-        form = json.loads(form) if isinstance(form, str) else form
+        form = await bot.reject_form(button_values(bot.parent(record))["reject"], "U0BO")
         [menu] = [b["element"] for b in form["blocks"] if b.get("block_id") == "category"]
         assert [option["value"] for option in menu["options"]] == ["Hair", "Teeth"]
         answer = await bot.send(_submission(bot, form["private_metadata"], "x", category="Voice"))
@@ -298,10 +289,7 @@ async def test_a_requester_named_on_post_tasks_is_told_of_a_rejection_and_the_ne
     await bot.track(task.task_id, requester="U0REQ")
     record = await bot.posted(task.task_id)
     assert record.tracked_by == "U0REQ"
-    await bot.click("reject", button_values(bot.parent(record))["reject"], user="U0BO")
-    [call] = await bot.fake.wait_for("views.open")
-    form = call.args["view"]
-    form = json.loads(form) if isinstance(form, str) else form
+    form = await bot.reject_form(button_values(bot.parent(record))["reject"], "U0BO")
     await bot.send(_submission(bot, form["private_metadata"], "drifts", category="Lip sync"))
 
     await bot.until(lambda: _has_dms(bot, "U0REQ", 3))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, free_port
+from tests.conftest import clean_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = "### Watching the Tencent side with the simulator"
@@ -88,10 +88,7 @@ async def test_the_walkthrough_shows_the_demo_and_leaves_nothing_running(
         os.killpg(shell.pid, signal.SIGINT)
         await asyncio.wait_for(shell.wait(), 30)
 
-        deadline = time.monotonic() + 30
-        while group_alive(shell.pid):
-            assert time.monotonic() < deadline, "the block left processes running"
-            await asyncio.sleep(0.1)
+        await wait_for(lambda: not group_alive(shell.pid), 30, "the block's processes ended")
         assert os.listdir(short_tmp) == []  # its temporary DATA_DIR is gone too
     finally:
         if group_alive(shell.pid):
@@ -133,8 +130,5 @@ async def test_the_walkthrough_on_a_busy_port_says_so_and_cleans_up(
                 os.killpg(shell.pid, signal.SIGKILL)
     assert shell.returncode != 0
     assert f"--port: cannot listen on 127.0.0.1:{busy}: already in use" in errors.decode()
-    deadline = time.monotonic() + 30
-    while group_alive(shell.pid):
-        assert time.monotonic() < deadline, "the block left processes running"
-        await asyncio.sleep(0.1)
+    await wait_for(lambda: not group_alive(shell.pid), 30, "the block's processes ended")
     assert os.listdir(short_tmp) == []
